@@ -1,0 +1,66 @@
+"""One settings object, built once at start-up and passed to whatever needs it.
+
+Every field can be set from the environment with the ``FACESEARCH_`` prefix
+(``FACESEARCH_HOME``, ``FACESEARCH_DATABASE_URL``, ...).
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def _default_workers() -> int:
+    return max(1, os.cpu_count() or 1)
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="FACESEARCH_", extra="ignore")
+
+    home: Path = Field(default_factory=lambda: Path.home() / ".facesearch")
+    database_url: str | None = None  # default: sqlite file in the home folder
+
+    # models and pipeline
+    model: str = "dlib"
+    detector: Literal["hog", "mtcnn"] = "hog"
+    model_dir: Path | None = None  # extra folder with operator-registered manifests
+    upsample: int = 1  # HOG upsampling passes for normal photos
+    max_pixels: int = 80_000_000  # decompression-bomb guard
+    max_file_bytes: int = 60 * 1024 * 1024
+    max_side_for_detection: int = 1600  # larger photos are downscaled for detection only
+    min_face_px: int = 40  # faces smaller than this (box side) are "too small"
+    min_sharpness: float = 15.0  # variance of the Laplacian on the aligned chip
+    max_pose: float = 0.35  # landmark asymmetry (0 = frontal, ~0.5 = profile)
+    jitter_flip: bool = True  # average the embedding of the chip and its mirror image
+    ort_threads: int = 1
+
+    # index
+    index: Literal["faiss"] = "faiss"
+    exact_max: int = 100_000  # galleries up to this size use exact search
+    ann_target_recall: float = 0.99
+
+    # ingest
+    workers: int = Field(default_factory=_default_workers)
+    batch_size: int = 16
+
+    # search
+    top_k: int = 10
+    threshold: float | None = None  # default: from the model's calibration
+
+    @property
+    def db_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.home / 'facesearch.db').as_posix()}"
+
+    @property
+    def index_dir(self) -> Path:
+        return self.home / "index"
+
+    def ensure_home(self) -> Path:
+        self.home.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.index_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        return self.home
