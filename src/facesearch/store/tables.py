@@ -1,0 +1,87 @@
+"""Database tables (SQLAlchemy 2 declarative). The schema itself is owned by Alembic
+migrations in ``store/migrations``; these classes must match them."""
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import (
+    DateTime, Float, ForeignKey, Index, Integer, LargeBinary, String, Text, UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Gallery(Base):
+    __tablename__ = "galleries"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+    legal_basis: Mapped[str | None] = mapped_column(Text)
+    model_id: Mapped[str] = mapped_column(String(100))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class Image(Base):
+    __tablename__ = "images"
+    __table_args__ = (UniqueConstraint("gallery_id", "sha256", name="uq_images_gallery_sha256"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    gallery_id: Mapped[int] = mapped_column(ForeignKey("galleries.id", ondelete="CASCADE"), index=True)
+    sha256: Mapped[str] = mapped_column(String(64))
+    original_path: Mapped[str | None] = mapped_column(Text)
+    source_uri: Mapped[str | None] = mapped_column(Text)
+    legal_basis: Mapped[str] = mapped_column(Text)
+    subject: Mapped[str | None] = mapped_column(String(300), index=True)
+    collected_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    ingested_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    width: Mapped[int] = mapped_column(Integer)
+    height: Mapped[int] = mapped_column(Integer)
+    status: Mapped[str] = mapped_column(String(20))  # "faces" | "no_face" | "rejected_quality"
+    faces: Mapped[list["Face"]] = relationship(back_populates="image", cascade="all, delete-orphan")
+
+
+class Face(Base):
+    __tablename__ = "faces"
+    __table_args__ = (Index("ix_faces_gallery_id_id", "gallery_id", "id"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    image_id: Mapped[int] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"), index=True)
+    gallery_id: Mapped[int] = mapped_column(ForeignKey("galleries.id", ondelete="CASCADE"))
+    x: Mapped[int] = mapped_column(Integer)
+    y: Mapped[int] = mapped_column(Integer)
+    w: Mapped[int] = mapped_column(Integer)
+    h: Mapped[int] = mapped_column(Integer)
+    det_score: Mapped[float] = mapped_column(Float)
+    quality: Mapped[float] = mapped_column(Float)
+    sharpness: Mapped[float] = mapped_column(Float)
+    pose: Mapped[float] = mapped_column(Float)
+    quality_reasons: Mapped[str] = mapped_column(String(200), default="")
+    model_id: Mapped[str] = mapped_column(String(100))
+    embedding: Mapped[bytes] = mapped_column(LargeBinary)
+    image: Mapped[Image] = relationship(back_populates="faces")
+
+
+class Search(Base):
+    __tablename__ = "searches"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+    case_number: Mapped[str] = mapped_column(String(200), index=True)
+    purpose: Mapped[str] = mapped_column(Text)
+    gallery_id: Mapped[int | None] = mapped_column(ForeignKey("galleries.id", ondelete="SET NULL"))
+    model_id: Mapped[str] = mapped_column(String(100))
+    probe_sha256: Mapped[str] = mapped_column(String(64))
+    probe_faces: Mapped[int] = mapped_column(Integer)
+    top_k: Mapped[int] = mapped_column(Integer)
+    threshold: Mapped[float] = mapped_column(Float)
+    candidates: Mapped[list["SearchCandidate"]] = relationship(cascade="all, delete-orphan")
+
+
+class SearchCandidate(Base):
+    __tablename__ = "search_candidates"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    search_id: Mapped[int] = mapped_column(ForeignKey("searches.id", ondelete="CASCADE"), index=True)
+    probe_face: Mapped[int] = mapped_column(Integer)
+    rank: Mapped[int] = mapped_column(Integer)
+    face_id: Mapped[int | None] = mapped_column(Integer)  # no FK: erasure must not rewrite history
+    image_id: Mapped[int | None] = mapped_column(Integer)
+    score: Mapped[float] = mapped_column(Float)
