@@ -1,0 +1,331 @@
+"""Vector index backends (faiss): correctness against brute force, deletes, padding,
+persistence and corruption handling, factory choice."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from facesearch.errors import IndexError_
+from facesearch.index.base import VectorIndex
+from facesearch.index.factory import build_index, maybe_upgrade, needs_rebuild, new_index
+from facesearch.index.faiss_backend import FlatIndex, IVFIndex, load_index, set_threads, get_threads
+
+D = 64
+N = 5000
+EXACT_MAX = 2000
+
+
+def _unit(a: np.ndarray) -> np.ndarray:
+    return (a / np.linalg.norm(a, axis=1, keepdims=True)).astype(np.float32)
+
+
+def clustered(n: int, d: int = D, nq: int = 200, seed: int = 0):
+    """Face-like data: identities (~5 faces each) around a shared direction; queries are
+    fresh samples of enrolled identities."""
+    rng = np.random.default_rng(seed)
+    n_ids = max(1, n // 5)
+    mu = _unit(rng.standard_normal((1, d)))
+    centres = _unit(0.8 * mu + rng.standard_normal((n_ids, d)) / np.sqrt(d))
+    ident = rng.integers(0, n_ids, n)
+    x = _unit(centres[ident] + 0.5 * rng.standard_normal((n, d)) / np.sqrt(d))
+    q = _unit(centres[ident[rng.integers(0, n, nq)]] + 0.5 * rng.standard_normal((nq, d)) / np.sqrt(d))
+    ids = rng.permutation(n).astype(np.int64) * 7 + 100  # database ids, not row numbers
+    return x, ids, q
+
+
+def brute_force(x: np.ndarray, ids: np.ndarray, q: np.ndarray, k: int) -> np.ndarray:
+    s = q @ x.T
+    return ids[np.argsort(-s, axis=1)[:, :k]]
+
+
+@pytest.fixture(scope="module")
+def data():
+    return clustered(N)
+
+
+def _build(kind: str, x: np.ndarray, ids: np.ndarray) -> VectorIndex:
+    if kind == "flat":
+        idx = FlatIndex(x.shape[1])
+        idx.add_with_ids(x, ids)
+        return idx
+    return IVFIndex.build(x, ids, target_recall=0.99, codec=kind.split("-")[1], seed=1)
+
+
+BACKENDS = ["flat", "ivf-fp16", "ivf-sq8"]
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def built(request, data):
+    x, ids, _ = data
+    return request.param, _build(request.param, x, ids)
+
+
+# ----------------------------------------------------------------------------- correctness
+
+def test_recall_against_brute_force(built, data):
+    kind, idx = built
+    x, ids, q = data
+    assert idx.ntotal == N and idx.d == D
+    _, I = idx.search(q, 10)
+    gt = brute_force(x, ids, q, 10)
+    r1 = float(np.mean(I[:, 0] == gt[:, 0]))
+    if kind == "flat":
+        assert r1 == 1.0
+        np.testing.assert_array_equal(I, gt)
+    else:
+        assert r1 >= 0.95, (kind, r1)
+        assert isinstance(idx, IVFIndex) and idx.tuned_recall is not None
+
+
+def test_scores_are_inner_products(built, data):
+    _, idx = built
+    x, ids, q = data
+    Dd, I = idx.search(q[:20], 5)
+    row = {int(i): r for r, i in enumerate(ids)}
+    exact = np.array([[q[a] @ x[row[int(i)]] for i in I[a]] for a in range(20)])
+    np.testing.assert_allclose(Dd, exact, atol=2e-2)
+    assert np.all(np.diff(Dd, axis=1) <= 1e-6)  # best first
+
+
+def test_protocol_and_kind(built):
+    kind, idx = built
+    assert isinstance(idx, VectorIndex)
+    assert idx.kind == "flat" if kind == "flat" else idx.kind.startswith("ivf")
+    if kind != "flat":
+        assert f"nprobe={idx.nprobe}" in idx.kind and idx.codec in idx.kind
+
+
+@pytest.mark.parametrize("kind", BACKENDS)
+def test_add_search_remove(kind, data):
+    x, ids, _ = data
+    idx = _build(kind, x, ids)
+    gone = ids[:50]
+    assert idx.remove_ids(gone) == 50
+    assert idx.ntotal == N - 50
+    assert idx.remove_ids(gone) == 0  # already gone
+    assert idx.remove_ids(np.array([10**12], dtype=np.int64)) == 0  # never existed
+    _, I = idx.search(x[:50], 20)  # the removed vectors themselves as queries
+    assert not np.isin(I, gone).any()
+    # later adds (new ids) are found
+    new_ids = np.arange(10**9, 10**9 + 20, dtype=np.int64)
+    idx.add_with_ids(x[:20], new_ids)
+    _, I = idx.search(x[:20], 1)
+    assert np.mean(I[:, 0] == new_ids) >= 0.95
+    assert not np.isin(I, gone).any()
+
+
+@pytest.mark.parametrize("kind", BACKENDS)
+def test_padding_when_k_exceeds_ntotal(kind, data):
+    x, ids, _ = data
+    idx = _build(kind, x, ids)
+    idx.remove_ids(ids[3:])  # leave 3 vectors
+    assert idx.ntotal == 3
+    Dd, I = idx.search(x[:2], 8)
+    assert Dd.shape == I.shape == (2, 8)
+    assert I.dtype == np.int64 and Dd.dtype == np.float32
+    assert np.all(I[:, 3:] == -1) and np.all(np.isneginf(Dd[:, 3:]))
+    assert list(I[:, 0]) == list(ids[:2])  # each query's own vector comes first
+    if kind == "flat":
+        assert set(I[0, :3]) == set(ids[:3].tolist())
+    else:  # IVF only sees the probed lists: the rest may be padding too
+        assert set(I[0, :3]) <= set(ids[:3].tolist()) | {-1}
+
+
+def test_empty_index():
+    idx = new_index(D)
+    assert isinstance(idx, FlatIndex) and idx.ntotal == 0 and idx.d == D
+    Dd, I = idx.search(np.ones((2, D), np.float32) / np.sqrt(D), 4)
+    assert np.all(I == -1) and np.all(np.isneginf(Dd))
+    assert idx.remove_ids(np.array([1, 2])) == 0
+
+
+# ----------------------------------------------------------------------------- persistence
+
+@pytest.mark.parametrize("kind", BACKENDS)
+def test_save_load_round_trip(kind, data, tmp_path: Path):
+    x, ids, q = data
+    idx = _build(kind, x, ids)
+    idx.remove_ids(ids[:10])
+    p = tmp_path / "g.idx"
+    idx.save(p)
+    back = load_index(p)
+    assert type(back) is type(idx)
+    assert (back.kind, back.d, back.ntotal) == (idx.kind, idx.d, idx.ntotal)
+    if isinstance(idx, IVFIndex):
+        assert isinstance(back, IVFIndex)
+        assert back.nprobe == idx.nprobe and back.trained_n == idx.trained_n
+        assert back.tuned_recall == idx.tuned_recall
+    D1, I1 = idx.search(q, 10)
+    D2, I2 = back.search(q, 10)
+    np.testing.assert_array_equal(I1, I2)
+    np.testing.assert_array_equal(D1, D2)
+    # no temp files left behind; overwriting works
+    back.save(p)
+    assert [f.name for f in tmp_path.iterdir()] == ["g.idx"]
+
+
+def test_crash_during_save_keeps_old_file(data, tmp_path: Path, monkeypatch):
+    x, ids, _ = data
+    p = tmp_path / "g.idx"
+    small = FlatIndex(D)
+    small.add_with_ids(x[:5], ids[:5])
+    small.save(p)
+    before = p.read_bytes()
+
+    def boom(*a, **k):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "replace", boom)
+    big = FlatIndex(D)
+    big.add_with_ids(x, ids)
+    with pytest.raises(IndexError_, match="could not write"):
+        big.save(p)
+    monkeypatch.undo()
+    assert p.read_bytes() == before
+    assert [f.name for f in tmp_path.iterdir()] == ["g.idx"]
+    assert load_index(p).ntotal == 5
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory, data) -> bytes:
+    x, ids, _ = data
+    idx = IVFIndex.build(x[:3000], ids[:3000], target_recall=0.9, seed=2)
+    p = tmp_path_factory.mktemp("idx") / "ok.idx"
+    idx.save(p)
+    return p.read_bytes()
+
+
+@pytest.mark.parametrize("mangle", [
+    "missing", "empty", "garbage", "truncated_header", "truncated_half", "truncated_one",
+    "flip_payload", "flip_header", "trailing",
+])
+def test_bad_files_raise_index_error(mangle, saved: bytes, tmp_path: Path):
+    p = tmp_path / "bad.idx"
+    b = bytearray(saved)
+    if mangle == "empty":
+        p.write_bytes(b"")
+    elif mangle == "garbage":
+        p.write_bytes(os.urandom(4096))
+    elif mangle == "truncated_header":
+        p.write_bytes(bytes(b[:20]))
+    elif mangle == "truncated_half":
+        p.write_bytes(bytes(b[: len(b) // 2]))
+    elif mangle == "truncated_one":
+        p.write_bytes(bytes(b[:-1]))
+    elif mangle == "flip_payload":
+        b[len(b) - 1000] ^= 0x40
+        p.write_bytes(bytes(b))
+    elif mangle == "flip_header":
+        b[30] ^= 0x01
+        p.write_bytes(bytes(b))
+    elif mangle == "trailing":
+        p.write_bytes(bytes(b) + b"x")
+    with pytest.raises(IndexError_) as e:
+        load_index(p)
+    assert str(p) in str(e.value)
+    assert e.value.code == "index_error"
+
+
+def test_faiss_file_without_our_header_is_rejected(tmp_path: Path):
+    import faiss
+
+    p = tmp_path / "raw.idx"
+    faiss.write_index(faiss.IndexFlatIP(D), str(p))
+    with pytest.raises(IndexError_, match="not a facesearch index"):
+        load_index(p)
+
+
+# ----------------------------------------------------------------------------- factory
+
+def test_factory_picks_exact_below_and_ann_above(data):
+    x, ids, _ = data
+    small = build_index(x[:EXACT_MAX], ids[:EXACT_MAX], D, EXACT_MAX, 0.99)
+    assert isinstance(small, FlatIndex) and small.ntotal == EXACT_MAX
+    big = build_index(x, ids, D, EXACT_MAX, 0.99)
+    assert isinstance(big, IVFIndex) and big.ntotal == N
+    assert big.tuned_recall is not None and big.tuned_recall >= 0.99
+
+
+def test_maybe_upgrade_lifecycle(data):
+    x, ids, _ = data
+    calls = []
+
+    def fetch(upto: int):
+        def f():
+            calls.append(upto)
+            return x[:upto], ids[:upto]
+        return f
+
+    idx = new_index(D)
+    idx.add_with_ids(x[:EXACT_MAX], ids[:EXACT_MAX])
+    assert maybe_upgrade(idx, fetch(EXACT_MAX), EXACT_MAX, 0.99) is idx  # at the threshold
+    assert calls == []
+    idx.add_with_ids(x[EXACT_MAX:2400], ids[EXACT_MAX:2400])
+    assert needs_rebuild(idx, EXACT_MAX)
+    idx = maybe_upgrade(idx, fetch(2400), EXACT_MAX, 0.99)
+    assert isinstance(idx, IVFIndex) and idx.ntotal == 2400 and idx.trained_n == 2400
+    # modest growth keeps the ANN index; doubling rebuilds it
+    idx.add_with_ids(x[2400:4000], ids[2400:4000])
+    assert maybe_upgrade(idx, fetch(4000), EXACT_MAX, 0.99) is idx
+    idx.add_with_ids(x[4000:], ids[4000:])
+    idx2 = maybe_upgrade(idx, fetch(N), EXACT_MAX, 0.99)
+    assert idx2 is not idx and isinstance(idx2, IVFIndex) and idx2.trained_n == N
+    # shrinking to half of exact_max goes back to exact
+    idx2.remove_ids(ids[EXACT_MAX // 2:])
+    idx3 = maybe_upgrade(idx2, fetch(EXACT_MAX // 2), EXACT_MAX, 0.99)
+    assert isinstance(idx3, FlatIndex) and idx3.ntotal == EXACT_MAX // 2
+    assert calls == [2400, N, EXACT_MAX // 2]
+
+
+# ----------------------------------------------------------------------------- input errors
+
+@pytest.mark.parametrize("kind", ["flat", "ivf-fp16"])
+def test_dimension_mismatch(kind, data):
+    x, ids, _ = data
+    idx = _build(kind, x[:3000], ids[:3000])
+    wrong = np.ones((2, D * 2), np.float32)
+    with pytest.raises(IndexError_, match=rf"dimension {2 * D}.*dimension {D}"):
+        idx.search(wrong, 3)
+    with pytest.raises(IndexError_, match="dimension"):
+        idx.add_with_ids(wrong, np.array([1, 2]))
+    with pytest.raises(IndexError_, match="2-D"):
+        idx.search(np.ones(D, np.float32), 3)
+
+
+def test_factory_dimension_mismatch(data):
+    x, ids, _ = data
+    with pytest.raises(IndexError_, match="dimension"):
+        build_index(x[:10], ids[:10], D + 1, EXACT_MAX, 0.99)
+
+
+def test_bad_ids_and_k(data):
+    x, ids, _ = data
+    idx = FlatIndex(D)
+    with pytest.raises(IndexError_, match="ids"):
+        idx.add_with_ids(x[:2], np.array([1, 2, 3]))
+    with pytest.raises(IndexError_, match=">= 0"):
+        idx.add_with_ids(x[:2], np.array([1, -1]))
+    with pytest.raises(IndexError_, match="duplicate"):
+        idx.add_with_ids(x[:2], np.array([5, 5]))
+    with pytest.raises(IndexError_, match="integers"):
+        idx.add_with_ids(x[:2], np.array([1.0, 2.0]))
+    with pytest.raises(IndexError_, match="NaN"):
+        idx.add_with_ids(np.full((1, D), np.nan, np.float32), np.array([1]))
+    idx.add_with_ids(x[:2], np.array([1, 2]))
+    with pytest.raises(IndexError_, match="k must be"):
+        idx.search(x[:1], 0)
+    assert idx.ntotal == 2
+
+
+def test_set_threads():
+    before = get_threads()
+    try:
+        set_threads(1)
+        assert get_threads() == 1
+        with pytest.raises(ValueError):
+            set_threads(0)
+    finally:
+        set_threads(before)
