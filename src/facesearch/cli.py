@@ -1,0 +1,330 @@
+"""The command line: a thin skin over the services."""
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from facesearch.config import Settings
+from facesearch.errors import FaceSearchError
+
+log = logging.getLogger("facesearch")
+
+
+def _settings(home: str | None, **overrides: Any) -> Settings:
+    kw = {k: v for k, v in overrides.items() if v is not None}
+    if home:
+        kw["home"] = Path(home).expanduser()
+    return Settings(**kw)
+
+
+def _home_option(f: Callable) -> Callable:
+    return click.option("--home", type=click.Path(file_okay=False), default=None,
+                        help="Data folder (default: $FACESEARCH_HOME or ~/.facesearch).")(f)
+
+
+def _domain_errors(f: Callable) -> Callable:
+    """Domain errors become one line on stderr and exit status 1."""
+
+    @functools.wraps(f)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return f(*args, **kwargs)
+        except FaceSearchError as e:
+            click.echo(f"error [{e.code}]: {e.message}", err=True)
+            sys.exit(1)
+
+    return wrapper
+
+
+def _emit_json(obj: Any) -> None:
+    click.echo(json.dumps(obj, ensure_ascii=False, default=str))
+
+
+@click.group()
+@click.option("-v", "--verbose", count=True, help="More log output on stderr.")
+@click.version_option(package_name="facesearch")
+def main(verbose: int) -> None:
+    """facesearch: face search over galleries you lawfully hold.
+
+    Every search needs a case number and a purpose, and its candidates are investigative
+    leads that a person must confirm, never identifications.
+    """
+    level = logging.WARNING if verbose == 0 else (logging.INFO if verbose == 1 else logging.DEBUG)
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+
+
+# -- ingest -------------------------------------------------------------------------------------
+@main.command()
+@click.argument("source", type=click.Path(path_type=Path))
+@click.option("--gallery", required=True, help="Gallery to add the photos to (created if new).")
+@click.option("--legal-basis", default=None,
+              help="Legal basis for holding these photos (required unless every manifest row has one).")
+@click.option("--subject-from-folder", is_flag=True, help="Use each photo's folder name as its subject label.")
+@click.option("--workers", type=int, default=None, help="Worker processes (default: number of cores).")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@_home_option
+@_domain_errors
+def ingest(source: Path, gallery: str, legal_basis: str | None, subject_from_folder: bool,
+           workers: int | None, as_json: bool, home: str | None) -> None:
+    """Ingest a folder of photos or a CSV/JSONL manifest (path, subject, source_uri,
+    legal_basis, collected_at) into a gallery. Safe to re-run: known images are skipped."""
+    from facesearch.api import FaceSearch
+    from facesearch.services.ingest import items_from
+
+    items = items_from(source, subject_from_folder)
+    with FaceSearch(settings=_settings(home)) as fs, _Progress("ingest", len(items)) as bar:
+        summary = fs.ingest(items, gallery=gallery, legal_basis=legal_basis, progress=bar.update,
+                            workers=workers)
+    if as_json:
+        _emit_json(summary.to_json())
+        return
+    click.echo(
+        f"{summary.images} images: {summary.ingested} ingested, {summary.duplicates} already present, "
+        f"{summary.faces} faces stored, {summary.no_face} with no face, "
+        f"{summary.rejected_quality} faces rejected for quality, {summary.errors} errors"
+    )
+    for reason, n in sorted(summary.reasons.items()):
+        click.echo(f"  {reason}: {n}")
+    for d in summary.error_details[:50]:
+        click.echo(f"  error {d['path']}: {d['reason']}")
+    if len(summary.error_details) > 50:
+        click.echo(f"  ... and {len(summary.error_details) - 50} more errors (use --json for all)")
+
+
+class _Progress:
+    """A progress bar on stderr with rate and ETA (silent when stderr is not a terminal)."""
+
+    def __init__(self, what: str, total: int) -> None:
+        self.what, self.total = what, total
+        self._p = None
+        self._task = None
+
+    def __enter__(self) -> "_Progress":
+        from rich.console import Console
+        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TaskProgressColumn,
+                                   TextColumn, TimeRemainingColumn)
+        from rich.progress import ProgressColumn
+        from rich.text import Text
+
+        class Rate(ProgressColumn):
+            def render(self, task) -> Text:  # noqa: ANN001
+                speed = task.finished_speed or task.speed
+                return Text(f"{speed:.1f} img/s" if speed else "? img/s")
+
+        console = Console(stderr=True)
+        self._p = Progress(TextColumn(f"{self.what}"), BarColumn(), MofNCompleteColumn(),
+                           TaskProgressColumn(), Rate(), TextColumn("ETA"), TimeRemainingColumn(),
+                           TextColumn("{task.fields[faces]} faces"),
+                           console=console, disable=not console.is_terminal, transient=False)
+        self._p.__enter__()
+        self._task = self._p.add_task(self.what, total=self.total, faces=0)
+        return self
+
+    def update(self, done: int, total: int, summary: Any) -> None:
+        if self._p is not None:
+            self._p.update(self._task, completed=done, total=total, faces=summary.faces)
+
+    def __exit__(self, *exc: object) -> None:
+        if self._p is not None:
+            self._p.__exit__(*exc)
+
+
+# -- search -------------------------------------------------------------------------------------
+@main.command()
+@click.argument("probe", type=click.Path(path_type=Path))
+@click.option("--gallery", required=True)
+@click.option("--case", "case_number", required=True, help="Case number (recorded with the search).")
+@click.option("--purpose", required=True, help="Purpose of the search (recorded with the search).")
+@click.option("--top-k", type=click.IntRange(1, 1000), default=10, show_default=True)
+@click.option("--all-faces", is_flag=True, help="Search every face of the probe, not only the largest.")
+@click.option("--face-index", type=click.IntRange(0), default=None,
+              help="Search this face of the probe (0 = largest).")
+@click.option("--json", "as_json", is_flag=True)
+@_home_option
+@_domain_errors
+def search(probe: Path, gallery: str, case_number: str, purpose: str, top_k: int, all_faces: bool,
+           face_index: int | None, as_json: bool, home: str | None) -> None:
+    """Search a gallery with the face(s) of a probe photo."""
+    from facesearch.api import FaceSearch
+
+    with FaceSearch(settings=_settings(home)) as fs:
+        result = fs.search(probe, gallery=gallery, case_number=case_number, purpose=purpose, top_k=top_k,
+                           all_faces=all_faces, face_index=face_index)
+    if as_json:
+        _emit_json(result.to_json())
+        return
+    click.echo(f"search {result.search_id} · case {result.case_number} · gallery {result.gallery} "
+               f"· model {result.model_id}")
+    click.echo("Candidates are investigative leads, not identifications: each needs confirmation by a person.")
+    click.echo(f"threshold {result.threshold.value:.3f}: {result.threshold.meaning}")
+    for fi, face in enumerate(result.faces):
+        q = f" (quality: {', '.join(face.quality.reasons)})" if face.quality.reasons else ""
+        click.echo(f"\nprobe face {fi} at {face.bbox.as_list()}{q}")
+        if not face.candidates:
+            click.echo("  no candidates (empty gallery)")
+        for rank, c in enumerate(face.candidates, 1):
+            mark = "above threshold" if c.score > result.threshold.value else "below threshold"
+            click.echo(f"  {rank:>2}. {c.subject or '(no subject label)':<28} score {c.score:.3f} ({mark})")
+            click.echo(f"      image {c.image_id} {c.path or ''}")
+            click.echo(f"      source {c.source_uri or '-'} · legal basis: {c.legal_basis}")
+
+
+# -- galleries ----------------------------------------------------------------------------------
+@main.group()
+def gallery() -> None:
+    """What the galleries hold."""
+
+
+@gallery.command("list")
+@click.option("--json", "as_json", is_flag=True)
+@_home_option
+@_domain_errors
+def gallery_list(as_json: bool, home: str | None) -> None:
+    """Every gallery with its model and counts."""
+    from facesearch.api import FaceSearch
+
+    with FaceSearch(settings=_settings(home)) as fs:
+        rows = fs.galleries()
+    if as_json:
+        _emit_json([{"name": g.name, "legal_basis": g.legal_basis, "created_at": g.created_at.isoformat(),
+                     **s.to_json()} for g, s in rows])
+        return
+    if not rows:
+        click.echo("no galleries")
+    for g, s in rows:
+        click.echo(f"{g.name}: {s.images} images, {s.faces} faces, {s.subjects} subjects (model {g.model_id})")
+
+
+@gallery.command("stats")
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True)
+@_home_option
+@_domain_errors
+def gallery_stats_cmd(name: str, as_json: bool, home: str | None) -> None:
+    """Images, faces and subjects of one gallery."""
+    from facesearch.api import FaceSearch
+
+    with FaceSearch(settings=_settings(home)) as fs:
+        s = fs.gallery_stats(name)
+    if as_json:
+        _emit_json(s.to_json())
+    else:
+        click.echo(f"{s.name}: {s.images} images, {s.faces} faces, {s.subjects} subjects, "
+                   f"{s.no_face_images} images without a usable face (model {s.model_id})")
+
+
+# -- evaluation ---------------------------------------------------------------------------------
+@main.group("eval")
+def eval_group() -> None:
+    """Accuracy on standard protocols."""
+
+
+def _eval_embedder(home: str | None, assume_centered: bool):  # noqa: ANN202
+    from facesearch.pipeline.build import build_pipeline
+    from facesearch.services.evaluate import path_embedder
+
+    s = _settings(home)
+    return path_embedder(build_pipeline(s), s, assume_centered)
+
+
+@eval_group.command("verify")
+@click.option("--root", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--pairs", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--assume-centered", is_flag=True, help="Fall back on the central region when no face is found.")
+@click.option("--json", "as_json", is_flag=True)
+@_home_option
+@_domain_errors
+def eval_verify(root: Path, pairs: Path, assume_centered: bool, as_json: bool, home: str | None) -> None:
+    """LFW-style pairs: 10-fold accuracy and TAR at FAR=0.001."""
+    from facesearch.eval.protocols import run_verify
+
+    embed = _eval_embedder(home, assume_centered)
+    with _Progress("embed", 0) as bar:
+        res = run_verify(root, pairs, embed, progress=lambda d, t: bar.update(d, t, _NoFaces))
+    out = res.to_json()
+    if as_json:
+        _emit_json(out)
+    else:
+        click.echo(f"verify: {out['pairs']} pairs, accuracy {out['accuracy']:.4f} ± {out['accuracy_std']:.4f}, "
+                   f"TAR@FAR=0.001 {out['tar_at_far_0.001']:.4f}, no face {out['no_face']}")
+
+
+@eval_group.command("identify")
+@click.option("--root", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--assume-centered", is_flag=True, help="Fall back on the central region when no face is found.")
+@click.option("--json", "as_json", is_flag=True)
+@_home_option
+@_domain_errors
+def eval_identify(root: Path, assume_centered: bool, as_json: bool, home: str | None) -> None:
+    """Folder-per-identity: rank-1, rank-5 and FNIR at FPIR=0.01."""
+    from facesearch.eval.protocols import run_identify
+
+    embed = _eval_embedder(home, assume_centered)
+    with _Progress("embed", 0) as bar:
+        res = run_identify(root, embed, progress=lambda d, t: bar.update(d, t, _NoFaces))
+    out = res.to_json()
+    if as_json:
+        _emit_json(out)
+    else:
+        click.echo(" ".join(f"{k}={v}" for k, v in out.items()))
+
+
+class _NoFaces:
+    faces = ""
+
+
+# -- models -------------------------------------------------------------------------------------
+@main.group()
+def models() -> None:
+    """Model manifests known to this installation."""
+
+
+@models.command("list")
+@click.option("--json", "as_json", is_flag=True)
+@_home_option
+@_domain_errors
+def models_list(as_json: bool, home: str | None) -> None:
+    """Every model with its family, licence and whether its files are present and intact."""
+    from facesearch.errors import ModelError
+    from facesearch.models.loader import registry_for
+
+    s = _settings(home)
+    rows = []
+    for m in registry_for(s.home, s.model_dir).all():
+        try:
+            m.verify()
+            status = "installed"
+        except ModelError as e:
+            status = f"unavailable: {e.message}"
+        rows.append({"id": m.id, "family": m.family, "runtime": m.runtime, "status": status,
+                     "embedding_dim": m.embedding_dim, "license": m.license,
+                     "commercial_use": m.commercial_use, "description": m.description})
+    if as_json:
+        _emit_json(rows)
+        return
+    for r in rows:
+        click.echo(f"{r['id']:<16} {r['family']:<10} {r['runtime']:<5} {r['status']:<10} {r['license']}")
+
+
+# -- demo ---------------------------------------------------------------------------------------
+@main.command()
+@click.option("--keep", type=click.Path(file_okay=False), default=None,
+              help="Use this home folder and keep it (default: a temporary folder, removed afterwards).")
+@_domain_errors
+def demo(keep: str | None) -> None:
+    """Ingest the bundled sample photos into a temporary home and run a search."""
+    from facesearch.demo import run_demo
+
+    run_demo(Path(keep) if keep else None, echo=click.echo)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,314 @@
+"""Ingest: photos (a folder or a manifest) -> faces stored with provenance -> index.
+
+Idempotent by content hash: an image already in the gallery is skipped, so an ingest that
+was killed at any point is resumed by running it again. Each image and its faces are
+committed in one transaction; the index is derived from the database (see IndexManager).
+Decoding, detection and embedding run in worker processes (``settings.workers``); the main
+process owns the database and the index.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ProcessPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+from facesearch.config import Settings
+from facesearch.errors import (
+    FaceSearchError, InvalidInput, MissingLegalBasis, ModelMismatch, PathNotFound,
+)
+from facesearch.pipeline.decode import image_sha256, read_image
+from facesearch.pipeline.build import build_pipeline
+from facesearch.services.context import AppContext
+from facesearch.types import Face, ImageInfo, IngestItem, IngestSummary
+
+log = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
+MANIFEST_COLUMNS = ("path", "subject", "source_uri", "legal_basis", "collected_at")
+
+
+# -- input --------------------------------------------------------------------------------------
+def parse_time(value: str | None, where: str) -> datetime | None:
+    if value is None or not str(value).strip():
+        return None
+    try:
+        dt = datetime.fromisoformat(str(value).strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise InvalidInput(f"{where}: collected_at {value!r} is not an ISO 8601 date/time") from None
+    return dt if dt.tzinfo else dt.replace(tzinfo=timezone.utc)
+
+
+def folder_items(root: Path, subject_from_folder: bool) -> list[IngestItem]:
+    if not root.exists():
+        raise PathNotFound(f"path does not exist: {root}")
+    files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    return [
+        IngestItem(path=str(p.resolve()), subject=p.parent.name if subject_from_folder and p.parent != root else None)
+        for p in files
+    ]
+
+
+def manifest_items(path: Path) -> list[IngestItem]:
+    """Rows of a CSV (with a header) or JSONL manifest: path, subject, source_uri, legal_basis,
+    collected_at. Relative paths are relative to the manifest's folder."""
+    if not path.is_file():
+        raise PathNotFound(f"manifest does not exist: {path}")
+    rows: list[dict[str, str]] = []
+    text = path.read_text(encoding="utf-8-sig")
+    if path.suffix.lower() in (".jsonl", ".ndjson"):
+        for n, line in enumerate(text.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise InvalidInput(f"{path.name} line {n}: not valid JSON ({e.msg})") from None
+            if not isinstance(obj, dict):
+                raise InvalidInput(f"{path.name} line {n}: each line must be a JSON object")
+            rows.append({k: (None if v is None else str(v)) for k, v in obj.items()})
+    else:
+        reader = csv.DictReader(text.splitlines())
+        if not reader.fieldnames or "path" not in reader.fieldnames:
+            raise InvalidInput(f"{path.name}: a CSV manifest needs a header with at least a 'path' column "
+                               f"(columns: {', '.join(MANIFEST_COLUMNS)})")
+        rows = list(reader)
+    items = []
+    for n, r in enumerate(rows, 1):
+        p = (r.get("path") or "").strip()
+        if not p:
+            raise InvalidInput(f"{path.name} row {n}: empty 'path'")
+        full = (Path(p) if Path(p).is_absolute() else path.parent / p).resolve()
+        items.append(IngestItem(
+            path=str(full),
+            subject=(r.get("subject") or "").strip() or None,
+            source_uri=(r.get("source_uri") or "").strip() or None,
+            legal_basis=(r.get("legal_basis") or "").strip() or None,
+            collected_at=parse_time(r.get("collected_at"), f"{path.name} row {n}"),
+        ))
+    return items
+
+
+# -- worker side --------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Analysis:
+    info: ImageInfo | None
+    faces: tuple[Face, ...] = ()
+    error_code: str | None = None
+    error: str | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+class Analyzer:
+    """Decode + detect + align + embed one image. Built once per worker process."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.pipeline = build_pipeline(settings)
+
+    def __call__(self, path: str) -> Analysis:
+        t: dict[str, float] = {}
+        t0 = time.perf_counter()
+        try:
+            img = read_image(Path(path), max_pixels=self.settings.max_pixels,
+                             max_bytes=self.settings.max_file_bytes)
+        except FaceSearchError as e:
+            return Analysis(None, error_code=e.code, error=e.message)
+        t["decode"] = time.perf_counter() - t0
+        faces = self.pipeline.analyze_batch([img.rgb], timings=t)[0]
+        return Analysis(img.info, tuple(faces), timings=t)
+
+
+_WORKER: Analyzer | None = None  # one per worker process, set by the pool initializer
+
+
+def _init_worker(settings_json: str) -> None:
+    global _WORKER
+    _WORKER = Analyzer(Settings.model_validate_json(settings_json))
+
+
+def _work(path: str) -> Analysis:
+    assert _WORKER is not None
+    return _WORKER(path)
+
+
+# -- the service --------------------------------------------------------------------------------
+ProgressFn = Callable[[int, int, IngestSummary], None]
+
+
+class IngestService:
+    def __init__(self, ctx: AppContext) -> None:
+        self.ctx = ctx
+        self.stage_seconds: dict[str, float] = {}
+
+    def ingest(
+        self, items: list[IngestItem], *, gallery: str, legal_basis: str | None = None,
+        progress: ProgressFn | None = None, workers: int | None = None,
+    ) -> IngestSummary:
+        settings = self.ctx.settings
+        workers = workers or settings.workers
+        summary = IngestSummary()
+        default_basis = (legal_basis or "").strip() or None
+        model_id = self._model_id()
+        with self.ctx.repo() as repo:
+            g = repo.find_gallery(gallery)
+            if g is not None and g.model_id != model_id:
+                raise ModelMismatch(
+                    f"gallery {gallery!r} holds faces of model {g.model_id!r}; this installation embeds "
+                    f"with {model_id!r}. Re-embed the gallery or use the matching model"
+                )
+            default_basis = default_basis or (g.legal_basis if g else None)
+            if default_basis is None and items and all(not i.legal_basis for i in items):
+                raise MissingLegalBasis(
+                    f"ingest refused: no legal basis for gallery {gallery!r}; give --legal-basis "
+                    "or a legal_basis column for every manifest row"
+                )
+            if g is None:
+                g = repo.create_gallery(gallery, model_id, (legal_basis or "").strip() or None)
+            index = self.ctx.indexes.get(repo, g.id, self.ctx.pipeline.embedder.dim)
+        total = len(items)
+        done = 0
+        last_save = time.monotonic()
+        pending_hashes: set[str] = set()
+
+        def finish(item: IngestItem, basis: str, sha: str, a: Analysis) -> None:
+            nonlocal last_save
+            pending_hashes.discard(sha)
+            for k, v in a.timings.items():
+                self.stage_seconds[k] = self.stage_seconds.get(k, 0.0) + v
+            if a.info is None:
+                self._error(summary, item.path, a.error_code or "error", a.error or "unreadable")
+                return
+            ok = [f for f in a.faces if f.quality.acceptable]
+            rejected = [f for f in a.faces if not f.quality.acceptable]
+            for f in rejected:
+                summary.rejected_quality += 1
+                for r in f.quality.reasons:
+                    summary.add_reason(r)
+            status = "faces" if ok else ("rejected_quality" if rejected else "no_face")
+            if not a.faces:
+                summary.no_face += 1
+                summary.add_reason("no_face")
+            t0 = time.perf_counter()
+            with self.ctx.repo() as repo:
+                _, face_ids = repo.add_image(
+                    gallery_id=g.id, sha256=sha, original_path=item.path, source_uri=item.source_uri,
+                    legal_basis=basis, subject=item.subject, collected_at=item.collected_at,
+                    width=a.info.width, height=a.info.height, faces=ok, status=status,
+                )
+            if ok:
+                self.ctx.indexes.add(g.id, np.stack([f.embedding for f in ok]), np.asarray(face_ids))
+            self.stage_seconds["store"] = self.stage_seconds.get("store", 0.0) + time.perf_counter() - t0
+            summary.ingested += 1
+            summary.faces += len(ok)
+            if time.monotonic() - last_save > 30:
+                self.ctx.indexes.save(g.id)
+                last_save = time.monotonic()
+
+        def prepared() -> Iterator[tuple[IngestItem, str, str]]:
+            nonlocal done
+            for item in items:
+                summary.images += 1
+                basis = (item.legal_basis or default_basis or "").strip()
+                if not basis:
+                    self._error(summary, item.path, MissingLegalBasis.code, "no legal basis for this row")
+                    done += 1
+                    continue
+                try:
+                    sha = _hash_file(Path(item.path), settings.max_file_bytes)
+                except FaceSearchError as e:
+                    self._error(summary, item.path, e.code, e.message)
+                    done += 1
+                    continue
+                with self.ctx.repo() as repo:
+                    known = sha in pending_hashes or bool(repo.known_hashes(g.id, [sha]))
+                if known:
+                    summary.duplicates += 1
+                    summary.add_reason("duplicate")
+                    done += 1
+                    continue
+                pending_hashes.add(sha)
+                yield item, basis, sha
+
+        try:
+            if workers <= 1:
+                run = _InlineAnalyzer(self.ctx)
+                for item, basis, sha in prepared():
+                    finish(item, basis, sha, run(item.path))
+                    done += 1
+                    if progress:
+                        progress(done, total, summary)
+            else:
+                with ProcessPoolExecutor(
+                    max_workers=workers, initializer=_init_worker,
+                    initargs=(settings.model_dump_json(),),
+                ) as pool:
+                    window: deque[tuple[IngestItem, str, str, Future[Analysis]]] = deque()
+                    for item, basis, sha in prepared():
+                        window.append((item, basis, sha, pool.submit(_work, item.path)))
+                        while len(window) >= workers * 3:
+                            it, b, s, fut = window.popleft()
+                            finish(it, b, s, fut.result())
+                            done += 1
+                            if progress:
+                                progress(done, total, summary)
+                    while window:
+                        it, b, s, fut = window.popleft()
+                        finish(it, b, s, fut.result())
+                        done += 1
+                        if progress:
+                            progress(done, total, summary)
+        finally:
+            self.ctx.indexes.save(g.id)
+        with self.ctx.repo() as repo:
+            self.ctx.indexes.maybe_upgrade(repo, g.id, self.ctx.pipeline.embedder.dim)
+        if progress:
+            progress(total, total, summary)
+        return summary
+
+    def _model_id(self) -> str:
+        return self.ctx.pipeline.model_id
+
+    @staticmethod
+    def _error(summary: IngestSummary, path: str, code: str, message: str) -> None:
+        summary.errors += 1
+        summary.add_reason(code)
+        summary.error_details.append({"path": path, "code": code, "reason": message})
+
+
+class _InlineAnalyzer(Analyzer):
+    """An Analyzer that reuses the context's already-loaded pipeline."""
+
+    def __init__(self, ctx: AppContext) -> None:  # noqa: D107 - deliberately not calling super
+        self.settings = ctx.settings
+        self.pipeline = ctx.pipeline
+
+
+def _hash_file(path: Path, max_bytes: int) -> str:
+    if not path.is_file():
+        raise PathNotFound(f"file does not exist: {path}")
+    size = path.stat().st_size
+    if size > max_bytes:
+        from facesearch.errors import ImageTooLarge
+
+        raise ImageTooLarge(f"file is {size} bytes, above the limit of {max_bytes}")
+    return image_sha256(path.read_bytes())
+
+
+def items_from(path: Path, subject_from_folder: bool) -> list[IngestItem]:
+    """A folder of photos or a .csv/.jsonl manifest."""
+    if path.is_dir():
+        return folder_items(path, subject_from_folder)
+    if path.suffix.lower() in (".csv", ".jsonl", ".ndjson"):
+        return manifest_items(path)
+    if not path.exists():
+        raise PathNotFound(f"path does not exist: {path}")
+    raise InvalidInput(f"{path}: give a folder of photos or a .csv/.jsonl manifest")
