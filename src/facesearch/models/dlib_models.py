@@ -53,9 +53,12 @@ class DlibHogDetector:
         if max(h, w) > self.max_side:
             scale = self.max_side / max(h, w)
             work = cv2.resize(image, (round(w * scale), round(h * scale)), interpolation=cv2.INTER_AREA)
-        # Upsample small images more: a 150 px crop needs two passes to find its face reliably.
-        ups = self.upsample + (1 if max(work.shape[:2]) < 400 else 0)
-        rects, scores, _ = det.run(np.ascontiguousarray(work), ups, self.threshold)
+        work = np.ascontiguousarray(work)
+        rects, scores, _ = det.run(work, self.upsample, self.threshold)
+        if len(rects) == 0 and max(work.shape[:2]) < 400:
+            # A small photo whose face was not found may hold a face too small for the
+            # detector's 80 px window at this upsampling: one more pass.
+            rects, scores, _ = det.run(work, self.upsample + 1, self.threshold)
         out: list[DetectedFace] = []
         for r, s in zip(rects, scores):
             x0, y0 = max(0, r.left()), max(0, r.top())
