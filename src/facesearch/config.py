@@ -39,7 +39,7 @@ class Settings(BaseSettings):
 
     # index
     index: Literal["faiss"] = "faiss"
-    exact_max: int = 100_000  # galleries up to this size use exact search
+    exact_max: int = 50_000  # galleries up to this size use exact search (bench/results/index.md)
     ann_target_recall: float = 0.99
 
     # ingest
