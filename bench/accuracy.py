@@ -32,8 +32,8 @@ from facesearch.pipeline.build import build_pipeline
 DEFAULT_DATA = Path(os.environ.get("FACESEARCH_DEV_DATA", Path(__file__).resolve().parents[2] / "shared/data/faces-dev"))
 
 
-def embed_all(data: Path) -> dict[str, np.ndarray]:
-    s = Settings(jitter_flip=False)
+def embed_all(data: Path, model: str, landmarks: str) -> dict[str, np.ndarray]:
+    s = Settings(jitter_flip=False, model=model, landmarks=landmarks)
     p = build_pipeline(s)
     files = sorted(data.glob("*/*.jpg"))
     labels, plain, flipped, quality, low_plain, low_flipped = [], [], [], [], [], []
@@ -65,6 +65,12 @@ def degrade(chip: np.ndarray) -> np.ndarray:
     ok, buf = cv2.imencode(".jpg", cv2.cvtColor(small, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 40])
     small = cv2.cvtColor(cv2.imdecode(buf, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
     return cv2.resize(small, chip.shape[1::-1], interpolation=cv2.INTER_LINEAR)
+
+
+def build_pack(model: str):  # noqa: ANN201
+    from facesearch.pipeline.build import packs_for
+
+    return packs_for(Settings()).get(model)
 
 
 def norm(x: np.ndarray) -> np.ndarray:
@@ -100,7 +106,7 @@ def identification(emb, labels, quality, splits: int, seed: int = 0, probe_emb=N
         subjects = np.unique(g_lab)
         first = np.array([gal_idx[g_lab == s][0] for s in subjects])
         tmpl = norm(np.stack([emb[gal_idx[g_lab == s]].mean(0) for s in subjects]))
-        w = quality[gal_idx]
+        w = np.clip(quality[gal_idx], 0.05, None)  # as the search service weights templates
         tmpl_q = norm(np.stack([(emb[gal_idx[g_lab == s]] * w[g_lab == s, None]).sum(0) for s in subjects]))
 
         def subject_scores(pi: int) -> dict[str, np.ndarray]:
@@ -140,12 +146,16 @@ def main() -> None:
     ap.add_argument("--data", type=Path, default=DEFAULT_DATA)
     ap.add_argument("--splits", type=int, default=20)
     ap.add_argument("--cache", type=Path, default=None)
+    ap.add_argument("--model", default="dlib", help="model pack (a restricted pack needs "
+                    "FACESEARCH_ACCEPT_MODEL_LICENSE)")
+    ap.add_argument("--landmarks", default="auto", choices=["auto", "dlib"],
+                    help="auto: the detector's own 5 points where the pack aligns with them")
     args = ap.parse_args()
     t0 = time.time()
     if args.cache and args.cache.exists():
         d = dict(np.load(args.cache))
     else:
-        d = embed_all(args.data)
+        d = embed_all(args.data, args.model, args.landmarks)
         if args.cache:
             np.savez(args.cache, **d)
     labels = d["labels"]
@@ -159,7 +169,11 @@ def main() -> None:
             "verification": verification(emb if probe is None else probe, labels),
             "identification": identification(emb, labels, d["quality"], args.splits, probe_emb=probe)}
     machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"
-    lines = [f"# Accuracy study on faces-dev ({report['files']} photos, {report['faces']} with a face, "
+    pack = build_pack(args.model)
+    report["model"] = pack.id
+    report["model_terms"] = pack.terms()
+    report["landmarks"] = args.landmarks
+    lines = [f"# Accuracy study of model pack {pack.id} (landmarks: {args.landmarks}) on faces-dev ({report['files']} photos, {report['faces']} with a face, "
              f"{report['identities']} identities), {date.today()}, {machine}", "",
              "| embedding | pair accuracy | TAR@FAR=0.001 | gallery | rank-1 | FNIR@FPIR=0.01 | threshold |",
              "|---|---|---|---|---|---|---|"]
@@ -175,22 +189,27 @@ def main() -> None:
                  "(non-mated). 'single' enrols one image per subject. 'low-res probes': every probe chip "
                  "is reduced to 36 px, JPEG-compressed at quality 40 and scaled back (gallery stays clean; "
                  "pair figures then compare low-res with low-res).")
+    lines.append(f"Model pack licence: {pack.license} (commercial use: {pack.commercial_use}).")
     text = "\n".join(lines)
     print(text)
     out = Path(__file__).parent / "results"
     out.mkdir(exist_ok=True)
-    (out / "accuracy.md").write_text(text + "\n")
-    (out / "accuracy.json").write_text(json.dumps(report, indent=1))
+    stem = f"accuracy-{pack.id}" + ("" if args.landmarks == "auto" else f"-{args.landmarks}-landmarks")
+    (out / f"{stem}.md").write_text(text + "\n")
+    (out / f"{stem}.json").write_text(json.dumps(report, indent=1))
     # The shipped calibration: the search service's configuration (flip averaging, max+template
     # fusion) on clean photos, FPIR = 0.01 over all splits' non-mated probes.
     ident = report["variants"]["flip-avg"]["identification"]["max+template"]
-    cal = {"model": "dlib-resnet-v1", "threshold": round(ident["threshold"], 4), "fpir": 0.01,
+    if args.landmarks != "auto":
+        print(f"({time.time() - t0:.0f} s)", file=sys.stderr)
+        return
+    cal = {"model": pack.embedder, "threshold": round(ident["threshold"], 4), "fpir": 0.01,
            "gallery_size": int(len(np.unique(labels)) // 2),
            "source": f"faces-dev ({args.splits} splits, {ident['nonmated']} non-mated searches, "
                      f"bench/accuracy.py, {date.today()})"}
     cal_dir = Path(__file__).resolve().parents[1] / "src/facesearch/models/calibration"
     cal_dir.mkdir(exist_ok=True)
-    (cal_dir / "dlib-resnet-v1.json").write_text(json.dumps(cal, indent=1) + "\n")
+    (cal_dir / f"{pack.embedder}.json").write_text(json.dumps(cal, indent=1) + "\n")
     print(f"calibration: {cal}")
     print(f"({time.time() - t0:.0f} s)", file=sys.stderr)
 

@@ -42,3 +42,14 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.skip(reason="slow: set FACESEARCH_RUN_SLOW=1"))
         if "gpu" in item.keywords and os.environ.get("FACESEARCH_DEVICE") != "cuda":
             item.add_marker(pytest.mark.skip(reason="needs a CUDA device (FACESEARCH_DEVICE=cuda)"))
+
+
+_KEEP_ENV = {"FACESEARCH_DEV_DATA", "FACESEARCH_TEST_POSTGRES_URL", "FACESEARCH_RUN_SLOW", "FACESEARCH_DEVICE"}
+
+
+@pytest.fixture(autouse=True)
+def _hermetic_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tests do not inherit an operator's FACESEARCH_* settings (a licence acceptance, a home)."""
+    for k in list(os.environ):
+        if k.startswith("FACESEARCH_") and k not in _KEEP_ENV:
+            monkeypatch.delenv(k)

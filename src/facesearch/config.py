@@ -24,8 +24,10 @@ class Settings(BaseSettings):
     database_url: str | None = None  # default: sqlite file in the home folder
 
     # models and pipeline
-    model: str = "dlib"
-    detector: Literal["hog", "mtcnn"] = "hog"
+    model: str = "dlib"  # model pack (models list), or the id of a registered embedder manifest
+    accept_model_license: str | None = None  # e.g. "insightface-non-commercial"
+    detector: Literal["hog", "mtcnn", "scrfd"] | None = None  # default: the pack's detector
+    landmarks: Literal["auto", "dlib"] = "auto"  # auto: the detector's own 5 points when it has them
     model_dir: Path | None = None  # extra folder with operator-registered manifests
     upsample: int = 1  # HOG upsampling passes for normal photos
     max_pixels: int = 80_000_000  # decompression-bomb guard

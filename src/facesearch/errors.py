@@ -97,3 +97,16 @@ ALL_ERRORS: tuple[type[FaceSearchError], ...] = (
     GalleryNotFound, PathNotFound, ModelError, ModelFileMissing, ModelFileMismatch,
     ModelMismatch, IndexError_,
 )
+
+
+
+class ModelLicenseNotAccepted(ModelError):
+    code = "model_license_not_accepted"
+    http_status = 403
+
+
+class UnknownModelPack(ModelError):
+    code = "unknown_model_pack"
+    http_status = 422
+
+ALL_ERRORS = (*ALL_ERRORS, ModelLicenseNotAccepted, UnknownModelPack)

@@ -131,6 +131,7 @@ class SearchResult:
     faces: tuple[ProbeFaceResult, ...]
     model_id: str
     created_at: datetime
+    model_terms: dict[str, object] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -143,6 +144,7 @@ class SearchResult:
             "threshold_meaning": self.threshold.meaning,
             "notice": "Candidates are investigative leads, not identifications; "
             "each needs confirmation by a person.",
+            "model_terms": self.model_terms,
             "faces": [
                 {
                     "box": f.bbox.as_list(),

@@ -19,7 +19,13 @@ GOLDEN = ["fr_obama/1.jpg", "deepface_Angelina/4.jpg", "dlib_John_Simm/1.jpg", "
 
 
 def main() -> None:
-    s = Settings()
+    for pack, name in (("dlib", "dlib-resnet-v1"), ("insightface-research", "w600k-mbf")):
+        write(pack, name)
+
+
+def write(pack: str, name: str) -> None:
+    # the golden vectors of the research pack are recorded under its licence's acceptance
+    s = Settings(model=pack, accept_model_license="insightface-non-commercial")
     p = build_pipeline(s)
     out = {}
     for rel in GOLDEN:
@@ -27,7 +33,7 @@ def main() -> None:
         faces = p.analyze(img.rgb)
         out[rel] = {"box": faces[0].bbox.as_list(), "faces": len(faces),
                     "embedding": [round(float(v), 6) for v in faces[0].embedding]}
-    (Path(__file__).parent / "dlib-resnet-v1.json").write_text(json.dumps(out, indent=1) + "\n")
+    (Path(__file__).parent / f"{name}.json").write_text(json.dumps(out, indent=1) + "\n")
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+from PIL import Image
 from onnx import TensorProto, helper, numpy_helper
 
 from facesearch.api import FaceSearch
@@ -72,9 +73,18 @@ def test_registered_onnx_embedder_ingests_and_searches(tmp_path: Path, dev_label
         assert r.faces[0].candidates[0].subject == "dlib_John_Simm"
         assert r.faces[0].candidates[0].score > 0.99
         assert fs.gallery_stats("custom").model_id == model
-    # the same home with the default model: the gallery is bound to the tiny model
+    # the same home configured for the default pack: the gallery stays bound to the tiny model
     with FaceSearch(home=home, workers=1) as fs:
+        # a search with a photo uses the gallery's model ...
+        r = fs.search(dev_labels["dlib_John_Simm"][0], gallery="custom", case_number="C", purpose="p")
+        assert r.model_id == model
+        # ... and a probe embedded by another model is refused, as is ingesting with another model
+        dlib_faces = fs.ctx.pipeline.analyze(
+            np.asarray(Image.open(dev_labels["dlib_John_Simm"][0]).convert("RGB")))
+        assert dlib_faces[0].model_id == "dlib-resnet-v1"
+        from facesearch.services.search import SearchRequest, SearchService
+
         with pytest.raises(ModelMismatch, match="tiny-embedder"):
-            fs.search(dev_labels["dlib_John_Simm"][0], gallery="custom", case_number="C", purpose="p")
+            SearchService(fs.ctx).search_faces(dlib_faces, SearchRequest("custom", "C", "p"), probe_sha256="0" * 64)
         with pytest.raises(ModelMismatch):
             fs.ingest(photos, gallery="custom", legal_basis=BASIS)

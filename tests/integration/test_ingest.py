@@ -209,9 +209,9 @@ def test_killed_ingest_resumes_without_loss_or_duplicates(tmp_path: Path, dev_la
 
             distinct = repo.s.scalar(select(func.count(func.distinct(Img.sha256))))
             g = repo.get_gallery("g")
-            index = fs.ctx.indexes.get(repo, g.id, 128)
+            _, index = fs.ctx.index_for(repo, g.id, g.model_id)
             ids = {int(i) for i in index.search(np.eye(128, dtype=np.float32)[:1], 10_000)[1][0] if i >= 0}
-            face_ids = {i for i, _ in [(int(x), 0) for x in np.concatenate([a for a, _ in repo.iter_embeddings(g.id)])]}
+            face_ids = {int(x) for ids_, _ in repo.iter_embeddings(g.id, g.model_id) for x in ids_}
     assert stats.images == len(files) == distinct
     assert stats.faces == clean.faces
     assert ids == face_ids and len(ids) == stats.faces

@@ -1,6 +1,7 @@
 """Model manifests: bundled models verify, and broken ones fail with a clear message."""
 from __future__ import annotations
 
+import importlib.util
 import json
 import shutil
 from pathlib import Path
@@ -16,6 +17,8 @@ def test_bundled_models_are_found_in_installed_packages_and_match_their_sha256()
     ids = {m.id for m in reg.all()}
     assert {"dlib-hog", "dlib-5pt", "dlib-resnet-v1", "mtcnn"} <= ids
     for m in reg.all():
+        if any(f.package and importlib.util.find_spec(f.package) is None for f in m.files):
+            continue  # an optional pack whose package is not installed (see test_packs)
         paths = m.verify()
         assert all(p.is_file() for p in paths.values())
     emb = reg.get("dlib-resnet-v1")

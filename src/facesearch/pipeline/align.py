@@ -25,22 +25,20 @@ def dlib_chip(image: np.ndarray, bbox: BBox, landmarks: tuple[Point, ...], size:
     return np.asarray(dlib.get_face_chip(image, shape, size=size, padding=padding))
 
 
-def eye_centres(landmarks: tuple[Point, ...]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(left eye, right eye, nose) in image coordinates, from dlib's 5 points or a 5-point
-    detector's (eye, eye, nose, mouth, mouth). "Left" is the eye with the smaller x."""
+# Where 5 landmarks come from decides what they mean:
+DLIB5 = "dlib5"  # dlib's shape predictor: two corners of one eye, two of the other, nose base
+FIVE = "5pt"  # a detector's (MTCNN, SCRFD): left eye, right eye, nose tip, mouth corners
+
+
+def eye_centres(landmarks: tuple[Point, ...], scheme: str = DLIB5) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(left eye, right eye, nose) in image coordinates. "Left" is the eye with the smaller x."""
     p = np.asarray(landmarks, dtype=np.float64)
-    if len(p) == 5 and _is_dlib_order(p):
+    if scheme == DLIB5:
         a, b, nose = p[0:2].mean(axis=0), p[2:4].mean(axis=0), p[4]
     else:
         a, b, nose = p[0], p[1], p[2]
     left, right = (a, b) if a[0] <= b[0] else (b, a)
     return left, right, nose
-
-
-def _is_dlib_order(p: np.ndarray) -> bool:
-    # dlib's 5 points: two corners of one eye, two of the other, then the nose below them.
-    # A detector's 5 points have the two mouth corners lowest.
-    return bool(p[4, 1] > max(p[0, 1], p[1, 1], p[2, 1], p[3, 1]) and p[3, 1] < p[4, 1])
 
 
 def similarity_transform(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
@@ -62,13 +60,15 @@ def similarity_transform(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
     return np.hstack([scale * r, t[:, None]])
 
 
-def arcface_chip(image: np.ndarray, landmarks: tuple[Point, ...], size: int = 112) -> np.ndarray:
-    """5-point (or eyes + nose) similarity alignment onto the ArcFace template."""
+def arcface_chip(image: np.ndarray, landmarks: tuple[Point, ...], size: int = 112,
+                 scheme: str = FIVE) -> np.ndarray:
+    """Similarity alignment onto the ArcFace template: all 5 points of a detector, or with
+    dlib's landmarks the two eye centres (from the corner pairs) and the nose."""
     import cv2
 
-    left, right, nose = eye_centres(landmarks)
+    left, right, nose = eye_centres(landmarks, scheme)
     p = np.asarray(landmarks, dtype=np.float64)
-    if len(p) == 5 and not _is_dlib_order(p):
+    if scheme == FIVE and len(p) == 5:
         src, dst = p, ARCFACE_112
     else:
         src, dst = np.stack([left, right, nose]), ARCFACE_112[:3]
@@ -77,9 +77,11 @@ def arcface_chip(image: np.ndarray, landmarks: tuple[Point, ...], size: int = 11
 
 
 def align(image: np.ndarray, bbox: BBox, landmarks: tuple[Point, ...], alignment: str,
-          size: tuple[int, int]) -> np.ndarray:
+          size: tuple[int, int], scheme: str = DLIB5) -> np.ndarray:
     if alignment.startswith("dlib-chip"):
+        if scheme != DLIB5:
+            raise ValueError("dlib's chip needs dlib's 5 landmarks")
         return dlib_chip(image, bbox, landmarks, size=size[0])
     if alignment.startswith("arcface"):
-        return arcface_chip(image, landmarks, size=size[0])
+        return arcface_chip(image, landmarks, size=size[0], scheme=scheme)
     raise ValueError(f"unknown alignment {alignment!r}")

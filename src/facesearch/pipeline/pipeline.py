@@ -12,56 +12,45 @@ from dataclasses import dataclass
 import numpy as np
 
 from facesearch.models.base import Detector, Embedder
-from facesearch.models.dlib_models import DlibHogDetector, DlibLandmarks
-from facesearch.models.manifest import ModelRegistry
-from facesearch.pipeline.align import align
+from facesearch.models.dlib_models import DlibLandmarks
+from facesearch.pipeline.align import DLIB5, FIVE, align
 from facesearch.pipeline.quality import QualityPolicy, assess
 from facesearch.types import BBox, DetectedFace, Face
 
 
 @dataclass(frozen=True)
 class PipelineOptions:
-    detector: str = "hog"
-    upsample: int = 1
-    max_side: int = 1600
     flip: bool = True
     quality: QualityPolicy = QualityPolicy()
-    threads: int = 1
-    providers: tuple[str, ...] | None = None
+    landmarks: str = "auto"  # "auto": the detector's own 5 points for ArcFace alignment; "dlib": always dlib's
 
 
 class FacePipeline:
-    def __init__(self, registry: ModelRegistry, embedder: Embedder, options: PipelineOptions) -> None:
-        self.registry = registry
+    """Built once with its models (see ``pipeline.build``); the models load lazily."""
+
+    def __init__(self, detector: Detector, landmarks: DlibLandmarks, embedder: Embedder,
+                 options: PipelineOptions, pack: str = "") -> None:
+        self.detector = detector
+        self.landmarks = landmarks
         self.embedder = embedder
         self.options = options
-        self.detector: Detector = self._make_detector()
-        self.landmarks = DlibLandmarks(registry.get("dlib-5pt"))
+        self.pack = pack
 
     @property
     def model_id(self) -> str:
         return self.embedder.id
 
-    def _make_detector(self) -> Detector:
-        if self.options.detector == "mtcnn":
-            from facesearch.models.mtcnn import MtcnnDetector
-
-            return MtcnnDetector(
-                self.registry.get("mtcnn"),
-                providers=list(self.options.providers) if self.options.providers else None,
-                threads=self.options.threads,
-            )
-        return DlibHogDetector(upsample=self.options.upsample, max_side=self.options.max_side)
-
     # -- stages -----------------------------------------------------------------------------
     def detect(self, image: np.ndarray) -> list[DetectedFace]:
         return self.detector.detect(image)
 
-    def _landmarks_for(self, image: np.ndarray, det: DetectedFace) -> tuple[tuple[float, float], ...]:
+    def _landmarks_for(self, image: np.ndarray, det: DetectedFace) -> tuple[tuple[tuple[float, float], ...], str]:
+        """The face's 5 landmarks and their scheme (see ``align``)."""
         manifest = self.embedder.manifest
-        if (manifest.alignment or "").startswith("arcface") and len(det.landmarks) == 5:
-            return det.landmarks  # the detector's own eye/nose/mouth points
-        return self.landmarks.predict(image, det.bbox)
+        if (self.options.landmarks == "auto" and (manifest.alignment or "").startswith("arcface")
+                and len(det.landmarks) == 5):
+            return det.landmarks, FIVE  # the detector's own eye/nose/mouth points
+        return self.landmarks.predict(image, det.bbox), DLIB5
 
     def chips(self, image: np.ndarray, dets: Sequence[DetectedFace]) -> tuple[list[tuple], np.ndarray]:
         """Landmarks and aligned chips for each detection: ([(det, landmarks)], chips)."""
@@ -70,9 +59,9 @@ class FacePipeline:
         alignment = m.alignment or "dlib-chip-150-0.25"
         metas, chips = [], []
         for d in dets:
-            lm = self._landmarks_for(image, d)
-            metas.append((d, lm))
-            chips.append(align(image, d.bbox, lm, alignment, size))
+            lm, scheme = self._landmarks_for(image, d)
+            metas.append((d, lm, scheme))
+            chips.append(align(image, d.bbox, lm, alignment, size, scheme))
         arr = np.stack(chips) if chips else np.zeros((0, size[1], size[0], 3), dtype=np.uint8)
         return metas, arr
 
@@ -119,8 +108,8 @@ class FacePipeline:
         i = 0
         for metas, cs in zip(per_image, all_chips):
             faces = []
-            for j, (d, lm) in enumerate(metas):
-                q = assess(d.bbox, lm, cs[j], self.options.quality)
+            for j, (d, lm, scheme) in enumerate(metas):
+                q = assess(d.bbox, lm, cs[j], self.options.quality, scheme)
                 faces.append(
                     Face(bbox=d.bbox, score=d.score, landmarks=lm, quality=q, embedding=emb[i],
                          model_id=self.model_id)

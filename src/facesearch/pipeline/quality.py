@@ -5,7 +5,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from facesearch.pipeline.align import eye_centres
+from facesearch.pipeline.align import DLIB5, eye_centres
 from facesearch.types import BBox, Point, Quality
 
 TOO_SMALL = "too_small"
@@ -30,14 +30,14 @@ def sharpness(chip: np.ndarray) -> float:
     return float(cv2.Laplacian(centre, cv2.CV_64F).var())
 
 
-def pose(landmarks: tuple[Point, ...]) -> float:
+def pose(landmarks: tuple[Point, ...], scheme: str = DLIB5) -> float:
     """Horizontal offset of the nose from the midpoint of the eyes, in interocular distances.
 
     About 0 for a frontal face; grows towards 0.5 and beyond as the head turns to profile.
     """
     if len(landmarks) < 3:
         return 0.0
-    left, right, nose = eye_centres(landmarks)
+    left, right, nose = eye_centres(landmarks, scheme)
     axis = right - left
     iod = float(np.linalg.norm(axis))
     if iod < 1e-6:
@@ -46,10 +46,11 @@ def pose(landmarks: tuple[Point, ...]) -> float:
     return abs(float(np.dot(nose - mid, axis / iod))) / iod
 
 
-def assess(bbox: BBox, landmarks: tuple[Point, ...], chip: np.ndarray, policy: QualityPolicy) -> Quality:
+def assess(bbox: BBox, landmarks: tuple[Point, ...], chip: np.ndarray, policy: QualityPolicy,
+           scheme: str = DLIB5) -> Quality:
     size = min(bbox.w, bbox.h)
     sharp = sharpness(chip)
-    yaw = pose(landmarks)
+    yaw = pose(landmarks, scheme)
     reasons = []
     if size < policy.min_face_px:
         reasons.append(TOO_SMALL)

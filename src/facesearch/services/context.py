@@ -12,10 +12,11 @@ from pathlib import Path
 from sqlalchemy.orm import Session
 
 from facesearch.config import Settings
-from facesearch.index.manager import IndexManager
+from facesearch.index.base import VectorIndex
+from facesearch.index.manager import IndexKey, IndexManager
 from facesearch.models.loader import registry_for
 from facesearch.models.manifest import ModelRegistry
-from facesearch.pipeline.build import build_pipeline
+from facesearch.pipeline.build import build_pipeline, packs_for
 from facesearch.pipeline.pipeline import FacePipeline
 from facesearch.store.db import make_engine, migrate, session_factory
 from facesearch.store.repository import Repository
@@ -60,16 +61,33 @@ class AppContext:
         migrate(self.engine)
         self._sessions = session_factory(self.engine)
         self.registry = registry_for(settings.home, settings.model_dir)
+        self.packs = packs_for(settings, self.registry)
         self.indexes = IndexManager(settings.index_dir, settings.exact_max, settings.ann_target_recall)
-        self._pipeline: FacePipeline | None = None
+        self._pipelines: dict[str, FacePipeline] = {}
         self._lock = threading.Lock()
 
     @property
     def pipeline(self) -> FacePipeline:
+        """The pipeline of the configured model pack (``settings.model``): what ingest uses."""
+        return self.pipeline_for_pack(self.settings.model)
+
+    def pipeline_for_pack(self, pack_id: str) -> FacePipeline:
         with self._lock:
-            if self._pipeline is None:
-                self._pipeline = build_pipeline(self.settings, self.registry)
-            return self._pipeline
+            if pack_id not in self._pipelines:
+                self._pipelines[pack_id] = build_pipeline(self.settings, self.registry,
+                                                          self.packs.get(pack_id))
+            return self._pipelines[pack_id]
+
+    def pipeline_for_model(self, embedder_id: str) -> FacePipeline:
+        """The pipeline whose embedder made a gallery's faces (a search uses the gallery's model)."""
+        return self.pipeline_for_pack(self.packs.for_embedder(embedder_id).id)
+
+    def dim_of(self, embedder_id: str) -> int:
+        return int(self.registry.get(embedder_id).embedding_dim or 0)
+
+    def index_for(self, repo: Repository, gallery_id: int, model_id: str) -> tuple[IndexKey, VectorIndex]:
+        key = IndexKey(gallery_id, model_id)
+        return key, self.indexes.get(repo, key, self.dim_of(model_id))
 
     @contextmanager
     def repo(self) -> Iterator[Repository]:

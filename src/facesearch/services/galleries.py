@@ -26,10 +26,10 @@ def delete_image(ctx: AppContext, image_id: int) -> int:
     """
     with ctx.repo() as repo:
         gallery_id = repo.image_gallery(image_id)
+        model_id = repo.gallery_by_id(gallery_id).model_id
+        key, _ = ctx.index_for(repo, gallery_id, model_id)
         face_ids = repo.delete_image(image_id)
-        dim = ctx.pipeline.embedder.dim
-        ctx.indexes.get(repo, gallery_id, dim)
     with ctx.repo() as repo:
-        _, max_id = repo.face_watermark(gallery_id)
-    ctx.indexes.remove(gallery_id, np.asarray(face_ids, dtype=np.int64), max_id)
+        _, max_id = repo.face_watermark(gallery_id, model_id)
+    ctx.indexes.remove(key, np.asarray(face_ids, dtype=np.int64), max_id)
     return len(face_ids)

@@ -173,7 +173,7 @@ class IngestService:
                 )
             if g is None:
                 g = repo.create_gallery(gallery, model_id, (legal_basis or "").strip() or None)
-            index = self.ctx.indexes.get(repo, g.id, self.ctx.pipeline.embedder.dim)
+            key, _ = self.ctx.index_for(repo, g.id, model_id)
         total = len(items)
         done = 0
         last_save = time.monotonic()
@@ -205,12 +205,12 @@ class IngestService:
                     width=a.info.width, height=a.info.height, faces=ok, status=status,
                 )
             if ok:
-                self.ctx.indexes.add(g.id, np.stack([f.embedding for f in ok]), np.asarray(face_ids))
+                self.ctx.indexes.add(key, np.stack([f.embedding for f in ok]), np.asarray(face_ids))
             self.stage_seconds["store"] = self.stage_seconds.get("store", 0.0) + time.perf_counter() - t0
             summary.ingested += 1
             summary.faces += len(ok)
             if time.monotonic() - last_save > 30:
-                self.ctx.indexes.save(g.id)
+                self.ctx.indexes.save(key)
                 last_save = time.monotonic()
 
         def prepared() -> Iterator[tuple[IngestItem, str, str]]:
@@ -267,9 +267,9 @@ class IngestService:
                         if progress:
                             progress(done, total, summary)
         finally:
-            self.ctx.indexes.save(g.id)
+            self.ctx.indexes.save(key)
         with self.ctx.repo() as repo:
-            self.ctx.indexes.maybe_upgrade(repo, g.id, self.ctx.pipeline.embedder.dim)
+            self.ctx.indexes.maybe_upgrade(repo, key, self.ctx.dim_of(model_id))
         if progress:
             progress(total, total, summary)
         return summary

@@ -14,6 +14,7 @@ import numpy as np
 
 from facesearch.errors import FaceIndexOutOfRange, MissingCaseInfo, ModelMismatch, NoFaceFound
 from facesearch.pipeline.decode import DecodedImage, decode_image, read_image
+from facesearch.pipeline.pipeline import FacePipeline
 from facesearch.services.context import AppContext
 from facesearch.store.repository import FaceRecord, Repository
 from facesearch.types import BBox, Candidate, Face, ProbeFaceResult, SearchResult
@@ -70,9 +71,10 @@ def fuse(
     return out
 
 
-def subject_templates(repo: Repository, gallery_id: int, subjects: list[str]) -> dict[str, np.ndarray]:
+def subject_templates(repo: Repository, gallery_id: int, model_id: str, subjects: list[str]
+                      ) -> dict[str, np.ndarray]:
     out = {}
-    for subj, (_ids, vecs, quality) in repo.subject_embeddings(gallery_id, subjects).items():
+    for subj, (_ids, vecs, quality) in repo.subject_embeddings(gallery_id, model_id, subjects).items():
         w = np.clip(quality, 0.05, None)[:, None]
         t = (vecs * w).sum(axis=0)
         out[subj] = (t / (np.linalg.norm(t) + 1e-12)).astype(np.float32)
@@ -96,8 +98,8 @@ class SearchService:
         s = self.ctx.settings
         return self.search_image(decode_image(data, max_pixels=s.max_pixels, max_bytes=s.max_file_bytes), req)
 
-    def probe_faces(self, image: DecodedImage, req: SearchRequest) -> list[Face]:
-        faces = self.ctx.pipeline.analyze(image.rgb)  # largest first
+    def probe_faces(self, image: DecodedImage, req: SearchRequest, pipeline: FacePipeline) -> list[Face]:
+        faces = pipeline.analyze(image.rgb)  # largest first
         if not faces:
             return []
         if req.all_faces:
@@ -108,40 +110,50 @@ class SearchService:
         return [faces[i]]
 
     def search_image(self, image: DecodedImage, req: SearchRequest) -> SearchResult:
+        """Search with a probe photo, embedded by the model the gallery is bound to."""
+        require_case_info(req.case_number, req.purpose)
+        with self.ctx.repo() as repo:
+            g = repo.get_gallery(req.gallery)
+        pipeline = self.ctx.pipeline_for_model(g.model_id)  # refuses a pack whose licence is not accepted
+        probes = self.probe_faces(image, req, pipeline)
+        return self.search_faces(probes, req, probe_sha256=image.info.sha256)
+
+    def search_faces(self, probes: list[Face], req: SearchRequest, probe_sha256: str) -> SearchResult:
+        """Search with faces already embedded; each must come from the gallery's model."""
         case, purpose = require_case_info(req.case_number, req.purpose)
         ctx = self.ctx
-        pipeline = ctx.pipeline
         with ctx.repo() as repo:
             g = repo.get_gallery(req.gallery)
-            if g.model_id != pipeline.model_id:
+        for f in probes:
+            if f.model_id != g.model_id:
                 raise ModelMismatch(
-                    f"gallery {g.name!r} holds faces of model {g.model_id!r}; this probe would be embedded "
-                    f"with {pipeline.model_id!r}; mixing models is refused"
+                    f"gallery {g.name!r} holds faces of model {g.model_id!r}; the probe was embedded with "
+                    f"{f.model_id!r}; mixing models is refused"
                 )
-        probes = self.probe_faces(image, req)
         threshold = ctx.threshold_for(g.model_id)
+        pack = ctx.packs.for_embedder(g.model_id)
         results: list[ProbeFaceResult] = []
         recorded: list[tuple[int, int, int | None, int | None, float]] = []
         with ctx.repo() as repo:
-            index = ctx.indexes.get(repo, g.id, pipeline.embedder.dim)
+            _, index = ctx.index_for(repo, g.id, g.model_id)
             for pi, face in enumerate(probes):
-                cands = self._candidates(repo, index, g.id, g.name, face, req.top_k)
+                cands = self._candidates(repo, index, g.id, g.model_id, g.name, face, req.top_k)
                 results.append(ProbeFaceResult(bbox=face.bbox, quality=face.quality, candidates=tuple(cands)))
                 recorded += [(pi, r, c.face_id, c.image_id, c.score) for r, c in enumerate(cands, 1)]
             search_id, when = repo.record_search(
                 case_number=case, purpose=purpose, gallery_id=g.id, model_id=g.model_id,
-                probe_sha256=image.info.sha256, probe_faces=len(probes), top_k=req.top_k,
+                probe_sha256=probe_sha256, probe_faces=len(probes), top_k=req.top_k,
                 threshold=threshold.value, candidates=recorded,
             )
         if not probes:
             raise NoFaceFound(f"no face found in the probe image (search {search_id} recorded)")
         return SearchResult(
             search_id=search_id, gallery=g.name, case_number=case, purpose=purpose, threshold=threshold,
-            faces=tuple(results), model_id=g.model_id, created_at=when,
+            faces=tuple(results), model_id=g.model_id, created_at=when, model_terms=pack.terms(),
         )
 
-    def _candidates(self, repo: Repository, index, gallery_id: int, gallery: str, face: Face,  # noqa: ANN001
-                    top_k: int) -> list[Candidate]:
+    def _candidates(self, repo: Repository, index, gallery_id: int, model_id: str, gallery: str,  # noqa: ANN001
+                    face: Face, top_k: int) -> list[Candidate]:
         if index.ntotal == 0:
             return []
         k = min(index.ntotal, max(100, top_k * 10))
@@ -149,7 +161,7 @@ class SearchService:
         hits = [(int(fid), float(s)) for fid, s in zip(i[0], d[0]) if fid >= 0]
         records = repo.face_records([fid for fid, _ in hits])
         subjects = sorted({r.subject for r in records.values() if r.subject is not None})
-        templates = subject_templates(repo, gallery_id, subjects) if self.fusion != "max" else {}
+        templates = subject_templates(repo, gallery_id, model_id, subjects) if self.fusion != "max" else {}
         fused = fuse(face.embedding, hits, records, templates, self.fusion)[:top_k]
         out = []
         for _key, score, fid in fused:

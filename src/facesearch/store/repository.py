@@ -11,7 +11,7 @@ from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
 from facesearch.errors import GalleryNotFound
-from facesearch.store.tables import Face, Gallery, Image, Search, SearchCandidate
+from facesearch.store.tables import Face, Gallery, Image, ReembedImage, Search, SearchCandidate
 from facesearch.types import Face as PipelineFace
 
 
@@ -71,6 +71,12 @@ class Repository:
             raise GalleryNotFound(f"gallery {name!r} does not exist")
         return _info(g)
 
+    def gallery_by_id(self, gallery_id: int) -> GalleryInfo:
+        g = self.s.get(Gallery, gallery_id)
+        if g is None:
+            raise GalleryNotFound(f"gallery {gallery_id} does not exist")
+        return _info(g)
+
     def find_gallery(self, name: str) -> GalleryInfo | None:
         g = self.s.scalar(select(Gallery).where(Gallery.name == name))
         return _info(g) if g else None
@@ -86,7 +92,8 @@ class Repository:
 
     def gallery_stats(self, gallery: GalleryInfo) -> GalleryStats:
         images = self.s.scalar(select(func.count()).select_from(Image).where(Image.gallery_id == gallery.id))
-        faces = self.s.scalar(select(func.count()).select_from(Face).where(Face.gallery_id == gallery.id))
+        faces = self.s.scalar(select(func.count()).select_from(Face).where(
+            Face.gallery_id == gallery.id, Face.model_id == gallery.model_id))
         subjects = self.s.scalar(
             select(func.count(func.distinct(Image.subject))).where(
                 Image.gallery_id == gallery.id, Image.subject.is_not(None)
@@ -135,22 +142,22 @@ class Repository:
         self.s.flush()
         return img.id, [r.id for r in rows]
 
-    def face_count(self, gallery_id: int) -> int:
-        return self.s.scalar(select(func.count()).select_from(Face).where(Face.gallery_id == gallery_id)) or 0
-
-    def face_watermark(self, gallery_id: int) -> tuple[int, int]:
-        """(count, max id) of the gallery's faces: what a persisted index must agree with."""
+    def face_watermark(self, gallery_id: int, model_id: str) -> tuple[int, int]:
+        """(count, max id) of the gallery's faces of one model: what its index must agree with."""
         row = self.s.execute(
-            select(func.count(), func.max(Face.id)).where(Face.gallery_id == gallery_id)
+            select(func.count(), func.max(Face.id)).where(Face.gallery_id == gallery_id,
+                                                          Face.model_id == model_id)
         ).one()
         return int(row[0] or 0), int(row[1] or 0)
 
-    def iter_embeddings(self, gallery_id: int, batch: int = 50_000) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """(ids, vectors) of every face of a gallery, in id order, in batches."""
+    def iter_embeddings(self, gallery_id: int, model_id: str, batch: int = 50_000
+                        ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """(ids, vectors) of every face of a gallery embedded by one model, in id order, in batches."""
         last = 0
         while True:
             rows = self.s.execute(
-                select(Face.id, Face.embedding).where(Face.gallery_id == gallery_id, Face.id > last)
+                select(Face.id, Face.embedding).where(Face.gallery_id == gallery_id, Face.model_id == model_id,
+                                                      Face.id > last)
                 .order_by(Face.id).limit(batch)
             ).all()
             if not rows:
@@ -173,7 +180,8 @@ class Repository:
             for r in rows
         }
 
-    def subject_embeddings(self, gallery_id: int, subjects: list[str]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    def subject_embeddings(self, gallery_id: int, model_id: str, subjects: list[str]
+                           ) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
         """subject -> (face ids, embeddings) for template scoring."""
         out: dict[str, tuple[list[int], list[np.ndarray], list[float]]] = {}
         if not subjects:
@@ -181,7 +189,7 @@ class Repository:
         rows = self.s.execute(
             select(Image.subject, Face.id, Face.embedding, Face.quality)
             .join(Image, Image.id == Face.image_id)
-            .where(Face.gallery_id == gallery_id, Image.subject.in_(subjects))
+            .where(Face.gallery_id == gallery_id, Face.model_id == model_id, Image.subject.in_(subjects))
         ).all()
         for subj, fid, emb, q in rows:
             ids, vecs, qs = out.setdefault(subj, ([], [], []))
@@ -203,6 +211,64 @@ class Repository:
         self.s.execute(delete(Face).where(Face.image_id == image_id))
         self.s.execute(delete(Image).where(Image.id == image_id))
         return face_ids
+
+    def add_faces(self, image_id: int, gallery_id: int, faces: list[PipelineFace]) -> list[int]:
+        rows = []
+        for f in faces:
+            row = Face(
+                image_id=image_id, gallery_id=gallery_id, x=f.bbox.x, y=f.bbox.y, w=f.bbox.w, h=f.bbox.h,
+                det_score=float(f.score), quality=float(f.quality.score),
+                sharpness=float(f.quality.sharpness), pose=float(f.quality.pose),
+                quality_reasons=",".join(f.quality.reasons), model_id=f.model_id,
+                embedding=np.asarray(f.embedding, dtype=np.float32).tobytes(),
+            )
+            self.s.add(row)
+            rows.append(row)
+        self.s.flush()
+        return [r.id for r in rows]
+
+    # re-embedding ---------------------------------------------------------------------------
+    def images_to_reembed(self, gallery_id: int, model_id: str, after_id: int, limit: int = 200
+                          ) -> list[tuple[int, str | None]]:
+        """(image id, original path) of images not yet done under ``model_id``, in id order."""
+        done = select(ReembedImage.image_id).where(
+            ReembedImage.model_id == model_id, ReembedImage.status != "error")
+        return [(r[0], r[1]) for r in self.s.execute(
+            select(Image.id, Image.original_path).where(
+                Image.gallery_id == gallery_id, Image.id > after_id, Image.id.not_in(done))
+            .order_by(Image.id).limit(limit))]
+
+    def mark_reembedded(self, image_id: int, gallery_id: int, model_id: str, status: str) -> None:
+        row = self.s.get(ReembedImage, (image_id, model_id))
+        if row is None:
+            self.s.add(ReembedImage(image_id=image_id, model_id=model_id, gallery_id=gallery_id, status=status))
+        else:
+            row.status = status
+        self.s.flush()
+
+    def drop_faces_of_model(self, image_id: int, model_id: str) -> None:
+        self.s.execute(delete(Face).where(Face.image_id == image_id, Face.model_id == model_id))
+
+    def reembed_counts(self, gallery_id: int, model_id: str) -> tuple[int, int]:
+        """(images done, images with errors) under ``model_id``."""
+        rows = dict(self.s.execute(
+            select(ReembedImage.status == "error", func.count()).where(
+                ReembedImage.gallery_id == gallery_id, ReembedImage.model_id == model_id)
+            .group_by(ReembedImage.status == "error")).all())
+        return int(rows.get(False, 0)), int(rows.get(True, 0))
+
+    def switch_gallery_model(self, gallery_id: int, old_model: str, new_model: str) -> None:
+        """Make the re-embedded faces the gallery's faces, in one transaction."""
+        self.s.execute(delete(Face).where(Face.gallery_id == gallery_id, Face.model_id != new_model))
+        for image_id, status in self.s.execute(
+                select(ReembedImage.image_id, ReembedImage.status).where(
+                    ReembedImage.gallery_id == gallery_id, ReembedImage.model_id == new_model)).all():
+            self.s.execute(Image.__table__.update().where(Image.id == image_id).values(status=status))
+        self.s.execute(Gallery.__table__.update().where(Gallery.id == gallery_id).values(model_id=new_model))
+        self.s.execute(delete(ReembedImage).where(ReembedImage.gallery_id == gallery_id))
+
+    def image_count(self, gallery_id: int) -> int:
+        return self.s.scalar(select(func.count()).select_from(Image).where(Image.gallery_id == gallery_id)) or 0
 
     # searches -----------------------------------------------------------------------------
     def record_search(

@@ -85,3 +85,14 @@ class SearchCandidate(Base):
     face_id: Mapped[int | None] = mapped_column(Integer)  # no FK: erasure must not rewrite history
     image_id: Mapped[int | None] = mapped_column(Integer)
     score: Mapped[float] = mapped_column(Float)
+
+
+class ReembedImage(Base):
+    """An image of a gallery being moved to another model, and its outcome under that model."""
+
+    __tablename__ = "reembed_images"
+    __table_args__ = (Index("ix_reembed_images_gallery_model", "gallery_id", "model_id"),)
+    image_id: Mapped[int] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"), primary_key=True)
+    model_id: Mapped[str] = mapped_column(String(100), primary_key=True)
+    gallery_id: Mapped[int] = mapped_column(ForeignKey("galleries.id", ondelete="CASCADE"))
+    status: Mapped[str] = mapped_column(String(20))  # "faces" | "no_face" | "rejected_quality" | "error"
