@@ -38,6 +38,9 @@ class Settings(BaseSettings):
     max_pose: float = 0.35  # landmark asymmetry (0 = frontal, ~0.5 = profile)
     jitter_flip: bool = True  # average the embedding of the chip and its mirror image
     ort_threads: int = 1
+    # dlib's ResNet runs as our own ONNX conversion of its weights (same embeddings, cosine
+    # >= 0.9999999, ~13x faster); "dlib" keeps dlib's own implementation as the reference.
+    embed_backend: Literal["onnx", "dlib"] = "onnx"
 
     # index
     index: Literal["faiss"] = "faiss"

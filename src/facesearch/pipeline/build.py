@@ -2,15 +2,18 @@
 and the one place a pack's licence acceptance is checked."""
 from __future__ import annotations
 
+import numpy as np
+
 from facesearch.config import Settings
-from facesearch.models.base import Detector
+from facesearch.models.base import Detector, Embedder
 from facesearch.models.dlib_models import DlibHogDetector, DlibLandmarks
 from facesearch.models.loader import load_embedder, registry_for
-from facesearch.models.manifest import ModelRegistry
+from facesearch.models.manifest import ModelManifest, ModelRegistry
 from facesearch.models.packs import ModelPack, PackRegistry
 from facesearch.pipeline.pipeline import FacePipeline, PipelineOptions
 from facesearch.pipeline.quality import QualityPolicy
 
+DLIB_RESNET = "dlib-resnet-v1"
 DETECTOR_ALIASES = {"hog": "dlib-hog", "mtcnn": "mtcnn", "scrfd": "scrfd-500m"}
 
 
@@ -41,6 +44,39 @@ def make_detector(detector_id: str, registry: ModelRegistry, settings: Settings)
     raise ValueError(f"unknown detector {detector_id!r}")
 
 
+class ConvertedEmbedder:
+    """dlib's ResNet run on ONNX Runtime from our own conversion of its weights. It keeps the
+    model id of the original: the embeddings are the same (tests/unit/test_dlib_onnx.py), so
+    galleries embedded either way are interchangeable."""
+
+    def __init__(self, original: ModelManifest, inner: Embedder) -> None:
+        self.manifest = original
+        self.inner = inner
+
+    @property
+    def id(self) -> str:
+        return self.manifest.id
+
+    @property
+    def dim(self) -> int:
+        return self.inner.dim
+
+    def embed(self, chips: np.ndarray) -> np.ndarray:
+        return self.inner.embed(chips)
+
+
+def make_embedder(embedder_id: str, registry: ModelRegistry, settings: Settings) -> Embedder:
+    manifest = registry.get(embedder_id)
+    if manifest.id == DLIB_RESNET and settings.embed_backend == "onnx":
+        from facesearch.models.dlib_onnx import ensure_onnx
+        from facesearch.models.manifest import load_manifest
+        from facesearch.models.onnx_embedder import OnnxEmbedder
+
+        converted = load_manifest(ensure_onnx(settings.home))
+        return ConvertedEmbedder(manifest, OnnxEmbedder(converted, threads=settings.ort_threads))
+    return load_embedder(manifest, threads=settings.ort_threads)
+
+
 def build_pipeline(settings: Settings, registry: ModelRegistry | None = None,
                    pack: str | ModelPack | None = None) -> FacePipeline:
     """The pipeline of ``pack`` (default: ``settings.model``), refusing a pack whose licence
@@ -49,7 +85,7 @@ def build_pipeline(settings: Settings, registry: ModelRegistry | None = None,
     if not isinstance(pack, ModelPack):
         pack = packs_for(settings, registry).get(pack or settings.model)
     pack.check_accepted(settings.accept_model_license)
-    embedder = load_embedder(registry.get(pack.embedder), threads=settings.ort_threads)
+    embedder = make_embedder(pack.embedder, registry, settings)
     detector_id = DETECTOR_ALIASES[settings.detector] if settings.detector else pack.detector
     return FacePipeline(
         detector=make_detector(detector_id, registry, settings),
