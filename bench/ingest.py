@@ -41,18 +41,18 @@ def machine() -> str:
     return f"{model}, {os.cpu_count()} cores, {mem:.0f} GiB"
 
 
-def run(data: Path, workers: int, limit: int | None) -> dict[str, object]:
+def run(data: Path, workers: int, limit: int | None, backend: str) -> dict[str, object]:
     items = folder_items(data, subject_from_folder=True)[:limit]
     home = Path(tempfile.mkdtemp(prefix="fs-bench-"))
     try:
-        with FaceSearch(home=home, workers=workers) as fs:
+        with FaceSearch(home=home, workers=workers, embed_backend=backend) as fs:
             fs.ctx.pipeline.embedder.embed  # noqa: B018 - models load lazily inside the timed run
             svc = IngestService(fs.ctx)
             t0 = time.perf_counter()
             s = svc.ingest(items, gallery="bench", legal_basis="benchmark")
             wall = time.perf_counter() - t0
         n = max(1, s.ingested)
-        row: dict[str, object] = {"workers": workers, "images": s.ingested, "faces": s.faces,
+        row: dict[str, object] = {"backend": backend, "workers": workers, "images": s.ingested, "faces": s.faces,
                                   "wall_s": round(wall, 2), "images_per_s": round(s.ingested / wall, 2),
                                   "faces_per_s": round(s.faces / wall, 2)}
         for st in STAGES:
@@ -67,15 +67,18 @@ def main() -> None:
     ap.add_argument("--data", type=Path, default=DEFAULT_DATA)
     ap.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--limit", type=int, default=None)
+    ap.add_argument("--backend", nargs="+", default=["onnx", "dlib"],
+                    help="embedder backends: onnx (our conversion, default) and dlib (reference)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
-    rows = [run(args.data, w, args.limit) for w in args.workers]
-    head = ["workers", "images", "faces", "wall_s", "images_per_s", "faces_per_s"] + [f"{s}_ms" for s in STAGES]
+    rows = [run(args.data, w, args.limit, b) for b in args.backend for w in args.workers]
+    head = ["backend", "workers", "images", "faces", "wall_s", "images_per_s", "faces_per_s"] + [f"{s}_ms" for s in STAGES]
     lines = [f"# Ingest benchmark: {args.data.name}, {date.today()}, {machine()}", "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     lines += ["| " + " | ".join(str(r[h]) for h in head) + " |" for r in rows]
     lines += ["", "Stage columns are mean milliseconds per image, summed over workers; 'landmarks' "
-              "includes alignment; 'embed' includes the mirrored chip (flip averaging)."]
+              "includes alignment; 'embed' includes the mirrored chip (flip averaging). Backend 'onnx' runs "
+              "dlib's ResNet from our ONNX conversion of its weights, 'dlib' runs dlib itself (same vectors)."]
     text = "\n".join(lines)
     print(text)
     out = Path(__file__).parent / "results"

@@ -375,6 +375,33 @@ def models_list(as_json: bool, home: str | None) -> None:
             click.echo(f"    {k}: {v}")
 
 
+@models.command("export-onnx")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Folder for the .onnx file and its manifest (default: $FACESEARCH_HOME/models).")
+@click.option("--json", "as_json", is_flag=True)
+@_home_option
+@_domain_errors
+def models_export_onnx(out: Path | None, as_json: bool, home: str | None) -> None:
+    """Convert dlib's ResNet (from the installed face-recognition-models package) to ONNX with
+    our own reader of dlib's format; writes the graph, its manifest and sha256. Offline, seconds."""
+    from facesearch.models.dlib_onnx import ONNX_FILE, ensure_onnx, export_onnx, manifest_path_for, source_dat
+    from facesearch.models.manifest import load_manifest
+
+    s = _settings(home)
+    if out is None:
+        manifest_path = ensure_onnx(s.home)
+    else:
+        out.mkdir(parents=True, exist_ok=True)
+        manifest_path = manifest_path_for(export_onnx(source_dat()[0], out / ONNX_FILE))
+    m = load_manifest(manifest_path)
+    info = {"manifest": str(manifest_path), "onnx": str(m.resolve()), "sha256": m.files[0].sha256,
+            "id": m.id, "embedding_dim": m.embedding_dim}
+    if as_json:
+        _emit_json(info)
+    else:
+        click.echo(f"{info['onnx']} (sha256 {info['sha256']})\nmanifest {info['manifest']}")
+
+
 # -- demo ---------------------------------------------------------------------------------------
 @main.command()
 @click.option("--keep", type=click.Path(file_okay=False), default=None,

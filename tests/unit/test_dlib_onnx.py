@@ -262,3 +262,20 @@ def test_other_shapes_are_rejected(dat_bytes: bytes, tmp_path: Path):
 def test_source_sha_is_recorded():
     assert os.path.getsize(DAT) > 1_000_000
     assert dlib_onnx.parse_dlib_resnet(DAT).sha256 == DAT_SHA256
+
+
+def test_cli_export_onnx_writes_the_graph_and_its_manifest(tmp_path: Path) -> None:
+    import json
+
+    from click.testing import CliRunner
+
+    from facesearch.cli import main
+
+    r = CliRunner().invoke(main, ["models", "export-onnx", "--out", str(tmp_path / "out"), "--json",
+                                  "--home", str(tmp_path / "h")])
+    assert r.exit_code == 0, r.output
+    info = json.loads(r.output)
+    onnx_file = Path(info["onnx"])
+    assert onnx_file.is_file() and Path(info["manifest"]).is_file()
+    assert hashlib.sha256(onnx_file.read_bytes()).hexdigest() == info["sha256"]
+    assert info["embedding_dim"] == 128

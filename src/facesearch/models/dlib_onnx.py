@@ -719,7 +719,7 @@ def export_onnx(dat_path: Path, out_path: Path) -> Path:
     return out_path
 
 
-def _source_dat() -> tuple[Path, str]:
+def source_dat() -> tuple[Path, str]:
     """The installed dlib model file (checked against the bundled manifest's sha256)."""
     from facesearch.models.manifest import ModelRegistry
 
@@ -753,7 +753,7 @@ def ensure_onnx(home: Path) -> Path:
     """
     models = Path(home) / "models"
     manifest_path = models / MANIFEST_FILE
-    dat, sha = _source_dat()
+    dat, sha = source_dat()
     if _reusable(manifest_path, sha):
         return manifest_path
     out = export_onnx(dat, models / ONNX_FILE)
