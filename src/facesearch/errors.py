@@ -110,3 +110,61 @@ class UnknownModelPack(ModelError):
     http_status = 422
 
 ALL_ERRORS = (*ALL_ERRORS, ModelLicenseNotAccepted, UnknownModelPack)
+
+
+# --- authentication -------------------------------------------------------------------------
+
+
+class AuthenticationFailed(FaceSearchError):
+    """A login failed. One message whatever was wrong (unknown user, password or one-time code),
+    so the answer never tells which part of the credentials was right."""
+
+    code = "authentication_failed"
+    http_status = 401
+    default_message = "invalid user name, password or one-time code"
+
+    def __init__(self, message: str | None = None) -> None:
+        super().__init__(message or self.default_message)
+
+
+class TokenInvalid(AuthenticationFailed):
+    code = "token_invalid"
+    default_message = "the access token is not valid"
+
+
+class TokenExpired(AuthenticationFailed):
+    code = "token_expired"
+    default_message = "the access token has expired"
+
+
+class SessionExpired(TokenExpired):
+    code = "session_expired"
+    default_message = "the session has expired; sign in again"
+
+
+class AccountLocked(FaceSearchError):
+    """Too many failed logins; ``retry_after_s`` goes into the HTTP ``Retry-After`` header."""
+
+    code = "account_locked"
+    http_status = 429
+
+    def __init__(self, retry_after_s: int, message: str | None = None) -> None:
+        self.retry_after_s = int(retry_after_s)
+        super().__init__(
+            message or f"too many failed sign-in attempts; try again in {self.retry_after_s} s"
+        )
+
+
+class PasswordPolicy(InvalidInput):
+    """A new password breaks the password policy; ``violations`` lists every broken rule."""
+
+    code = "password_policy"
+    http_status = 422
+
+    def __init__(self, violations: list[str] | str) -> None:
+        self.violations = [violations] if isinstance(violations, str) else list(violations)
+        super().__init__("the password " + "; ".join(self.violations))
+
+
+ALL_ERRORS = (*ALL_ERRORS, AuthenticationFailed, TokenInvalid, TokenExpired, SessionExpired,
+              AccountLocked, PasswordPolicy)
