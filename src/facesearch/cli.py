@@ -138,9 +138,9 @@ class _Progress:
         self._task = self._p.add_task(self.what, total=self.total, faces=0)
         return self
 
-    def update(self, done: int, total: int, summary: Any) -> None:
+    def update(self, done: int, total: int, summary: Any = None) -> None:
         if self._p is not None:
-            self._p.update(self._task, completed=done, total=total, faces=summary.faces)
+            self._p.update(self._task, completed=done, total=total, faces=getattr(summary, "faces", "-"))
 
     def __exit__(self, *exc: object) -> None:
         if self._p is not None:
@@ -243,7 +243,7 @@ def gallery_reembed(name: str, pack: str, as_json: bool, home: str | None) -> No
     from facesearch.services.reembed import reembed_gallery
 
     with FaceSearch(settings=_settings(home)) as fs, _Progress("re-embed", 0) as bar:
-        summary = reembed_gallery(fs.ctx, name, pack, progress=lambda d, t: bar.update(d, t, _NoFaces))
+        summary = reembed_gallery(fs.ctx, name, pack, progress=lambda d, t: bar.update(d, t))
     if as_json:
         _emit_json(summary.to_json())
         return
@@ -286,7 +286,7 @@ def eval_verify(root: Path, pairs: Path, assume_centered: bool, model: str | Non
 
     embed, terms = _eval_embedder(home, assume_centered, model)
     with _Progress("embed", 0) as bar:
-        res = run_verify(root, pairs, embed, progress=lambda d, t: bar.update(d, t, _NoFaces))
+        res = run_verify(root, pairs, embed, progress=lambda d, t: bar.update(d, t))
     out = {**res.to_json(), "model": terms["pack"], "model_terms": terms}
     if as_json:
         _emit_json(out)
@@ -309,17 +309,13 @@ def eval_identify(root: Path, assume_centered: bool, model: str | None, as_json:
 
     embed, terms = _eval_embedder(home, assume_centered, model)
     with _Progress("embed", 0) as bar:
-        res = run_identify(root, embed, progress=lambda d, t: bar.update(d, t, _NoFaces))
+        res = run_identify(root, embed, progress=lambda d, t: bar.update(d, t))
     out = {**res.to_json(), "model": terms["pack"], "model_terms": terms}
     if as_json:
         _emit_json(out)
     else:
         click.echo(" ".join(f"{k}={v}" for k, v in out.items() if k != "model_terms"))
         click.echo(f"model pack {terms['pack']}: {terms['license']}")
-
-
-class _NoFaces:
-    faces = ""
 
 
 # -- models -------------------------------------------------------------------------------------
