@@ -1,6 +1,7 @@
 """Alembic environment: the connection is handed in by ``facesearch.store.db.migrate``."""
 from alembic import context
 
+from facesearch.store import audit_table  # noqa: F401 - registers audit_log on Base.metadata
 from facesearch.store.tables import Base
 
 target_metadata = Base.metadata
