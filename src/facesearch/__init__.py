@@ -27,14 +27,14 @@ __all__ = [
 _FROM_API = {"FaceSearch", "detect_faces", "embed_faces"}
 
 if TYPE_CHECKING:  # pragma: no cover
-    from facesearch.api import FaceSearch, detect_faces, embed_faces
+    from facesearch.facade import FaceSearch, detect_faces, embed_faces
     from facesearch.types import (BBox, Candidate, DetectedFace, Face, IngestSummary, Quality,
                                   SearchResult)
 
 
 def __getattr__(name: str) -> Any:
     if name in _FROM_API:
-        from facesearch import api
+        from facesearch import facade as api
 
         return getattr(api, name)
     if name in __all__:

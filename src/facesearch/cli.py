@@ -86,7 +86,7 @@ def ingest(source: Path, gallery: str, legal_basis: str | None, subject_from_fol
            workers: int | None, model: str | None, as_json: bool, home: str | None) -> None:
     """Ingest a folder of photos or a CSV/JSONL manifest (path, subject, source_uri,
     legal_basis, collected_at) into a gallery. Safe to re-run: known images are skipped."""
-    from facesearch.api import FaceSearch
+    from facesearch.facade import FaceSearch
     from facesearch.services.ingest import items_from
 
     items = items_from(source, subject_from_folder)
@@ -163,7 +163,7 @@ class _Progress:
 def search(probe: Path, gallery: str, case_number: str, purpose: str, top_k: int, all_faces: bool,
            face_index: int | None, as_json: bool, home: str | None) -> None:
     """Search a gallery with the face(s) of a probe photo."""
-    from facesearch.api import FaceSearch
+    from facesearch.facade import FaceSearch
 
     with FaceSearch(settings=_settings(home)) as fs:
         result = fs.search(probe, gallery=gallery, case_number=case_number, purpose=purpose, top_k=top_k,
@@ -199,7 +199,7 @@ def gallery() -> None:
 @_domain_errors
 def gallery_list(as_json: bool, home: str | None) -> None:
     """Every gallery with its model and counts."""
-    from facesearch.api import FaceSearch
+    from facesearch.facade import FaceSearch
 
     with FaceSearch(settings=_settings(home)) as fs:
         rows = fs.galleries()
@@ -220,7 +220,7 @@ def gallery_list(as_json: bool, home: str | None) -> None:
 @_domain_errors
 def gallery_stats_cmd(name: str, as_json: bool, home: str | None) -> None:
     """Images, faces and subjects of one gallery."""
-    from facesearch.api import FaceSearch
+    from facesearch.facade import FaceSearch
 
     with FaceSearch(settings=_settings(home)) as fs:
         s = fs.gallery_stats(name)
@@ -239,7 +239,7 @@ def gallery_stats_cmd(name: str, as_json: bool, home: str | None) -> None:
 @_domain_errors
 def gallery_reembed(name: str, pack: str, as_json: bool, home: str | None) -> None:
     """Re-embed a gallery's stored images with another model pack (resumable: re-run after a stop)."""
-    from facesearch.api import FaceSearch
+    from facesearch.facade import FaceSearch
     from facesearch.services.reembed import reembed_gallery
 
     with FaceSearch(settings=_settings(home)) as fs, _Progress("re-embed", 0) as bar:
@@ -396,6 +396,107 @@ def models_export_onnx(out: Path | None, as_json: bool, home: str | None) -> Non
         _emit_json(info)
     else:
         click.echo(f"{info['onnx']} (sha256 {info['sha256']})\nmanifest {info['manifest']}")
+
+
+# -- the service ---------------------------------------------------------------------------
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8000, show_default=True, type=int)
+@_home_option
+@_domain_errors
+def serve(host: str, port: int, home: str | None) -> None:
+    """Run the investigator service (API, /docs, /healthz, /metrics) on the embedded defaults."""
+    import uvicorn
+
+    from facesearch.api.app import create_app
+    from facesearch.services.bootstrap import issue_bootstrap
+    from facesearch.services.context import AppContext
+
+    s = _settings(home)
+    ctx = AppContext(s)  # creates and migrates the database on first start
+    token = issue_bootstrap(ctx)
+    if token:
+        click.echo(f"No system administrator yet. One-time bootstrap link (valid until used):\n"
+                   f"  http://{host}:{port}/bootstrap#token={token}", err=True)
+    uvicorn.run(create_app(s, ctx), host=host, port=port, log_level="warning")
+
+
+@main.group()
+def agency() -> None:
+    """Agencies (tenants)."""
+
+
+@agency.command("add")
+@click.argument("name")
+@click.option("--case-pattern", default=None, help="Regular expression every case number must match.")
+@click.option("--purpose", "purposes", multiple=True, help="An allowed search purpose (repeat the option).")
+@click.option("--json", "as_json", is_flag=True)
+@_home_option
+@_domain_errors
+def agency_add(name: str, case_pattern: str | None, purposes: tuple[str, ...], as_json: bool,
+               home: str | None) -> None:
+    """Create an agency."""
+    from facesearch.services.accounts import Accounts
+    from facesearch.services.context import AppContext
+
+    ctx = AppContext(_settings(home))
+    a = Accounts(ctx).add_agency(name, case_pattern, list(purposes) or None)
+    if as_json:
+        _emit_json(a.to_json())
+    else:
+        click.echo(f"agency {a.name} ({a.public_id}); case numbers must match {a.case_pattern}")
+
+
+@main.group()
+def user() -> None:
+    """User accounts."""
+
+
+@user.command("add")
+@click.argument("username")
+@click.option("--agency", "agency_name", default=None)
+@click.option("--role", required=True, type=click.Choice(["sysadmin", "agency_admin", "supervisor", "investigator"]))
+@click.option("--password-stdin", is_flag=True, required=True, help="Read the password from standard input.")
+@click.option("--json", "as_json", is_flag=True)
+@_home_option
+@_domain_errors
+def user_add(username: str, agency_name: str | None, role: str, password_stdin: bool, as_json: bool,
+             home: str | None) -> None:
+    """Create a user; prints the user id and the TOTP secret once."""
+    from facesearch.services.accounts import Accounts
+    from facesearch.services.context import AppContext
+
+    password = sys.stdin.readline().rstrip("\n")
+    ctx = AppContext(_settings(home))
+    u = Accounts(ctx).add_user(username, password, role, agency_name)
+    if as_json:
+        _emit_json(u.to_json())
+    else:
+        click.echo(f"user {u.username} ({u.user_id}), role {u.role}; TOTP secret (shown once): {u.totp_secret}")
+
+
+@main.group()
+def audit() -> None:
+    """The audit trail."""
+
+
+@audit.command("verify")
+@click.option("--json", "as_json", is_flag=True)
+@_home_option
+@_domain_errors
+def audit_verify(as_json: bool, home: str | None) -> None:
+    """Check the hash chain of the audit trail; exit status 1 when it is broken."""
+    from facesearch.services.context import AppContext
+
+    report = AppContext(_settings(home)).audit.verify()
+    if as_json:
+        _emit_json(report.to_json())
+    elif report.ok:
+        click.echo(f"audit trail intact: {report.checked} records, head {report.head_seq} {report.head_hash}")
+    else:
+        click.echo(f"audit trail BROKEN at record {report.first_broken_seq}: {report.reason}")
+    if not report.ok:
+        sys.exit(1)
 
 
 # -- demo ---------------------------------------------------------------------------------------

@@ -55,6 +55,14 @@ class Settings(BaseSettings):
     top_k: int = 10
     threshold: float | None = None  # default: from the model's calibration
 
+    # service
+    token_ttl_s: int = 15 * 60  # bearer tokens issued by POST /api/v1/auth/login
+    max_upload_bytes: int = 20 * 1024 * 1024
+    argon2_memory_kib: int = 64 * 1024
+    argon2_time_cost: int = 3
+    default_case_pattern: str = r"^\d{4}-\d{6}$"  # for agencies created without their own
+    default_purposes: str = "robbery investigation,homicide investigation,missing person,fraud investigation"
+
     @property
     def db_url(self) -> str:
         if self.database_url:

@@ -168,3 +168,28 @@ class PasswordPolicy(InvalidInput):
 
 ALL_ERRORS = (*ALL_ERRORS, AuthenticationFailed, TokenInvalid, TokenExpired, SessionExpired,
               AccountLocked, PasswordPolicy)
+
+
+class Forbidden(FaceSearchError):
+    code = "forbidden"
+    http_status = 403
+
+
+class CaseNumberRejected(InvalidInput):
+    code = "case_number_rejected"
+
+
+class PurposeRejected(InvalidInput):
+    code = "purpose_rejected"
+
+
+class Conflict(FaceSearchError):
+    code = "conflict"
+    http_status = 409
+
+
+class SearchNotFound(NotFound):
+    code = "search_not_found"
+
+
+ALL_ERRORS = (*ALL_ERRORS, Forbidden, CaseNumberRejected, PurposeRejected, Conflict, SearchNotFound)

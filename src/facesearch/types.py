@@ -93,9 +93,11 @@ class Candidate:
     legal_basis: str
     bbox: BBox
     gallery: str
+    candidate_id: str | None = None  # random public id, once the search is recorded
 
     def to_json(self) -> dict[str, object]:
         return {
+            "candidate_id": self.candidate_id,
             "subject": self.subject,
             "score": round(float(self.score), 4),
             "image_id": self.image_id,
@@ -132,10 +134,12 @@ class SearchResult:
     model_id: str
     created_at: datetime
     model_terms: dict[str, object] = field(default_factory=dict)
+    public_id: str = ""
 
     def to_json(self) -> dict[str, object]:
         return {
             "search_id": self.search_id,
+            "search_ref": self.public_id,
             "gallery": self.gallery,
             "case_number": self.case_number,
             "purpose": self.purpose,

@@ -18,7 +18,7 @@ def _photos() -> list[Path]:
 
 
 def run_demo(home: Path | None, echo: Callable[[str], None] = print) -> dict[str, object]:
-    from facesearch.api import FaceSearch
+    from facesearch.facade import FaceSearch
 
     tmp = None
     if home is None:

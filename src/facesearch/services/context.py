@@ -11,6 +11,7 @@ from pathlib import Path
 
 from sqlalchemy.orm import Session
 
+from facesearch.audit import AuditLog
 from facesearch.config import Settings
 from facesearch.index.base import VectorIndex
 from facesearch.index.manager import IndexKey, IndexManager
@@ -62,6 +63,7 @@ class AppContext:
         self._sessions = session_factory(self.engine)
         self.registry = registry_for(settings.home, settings.model_dir)
         self.packs = packs_for(settings, self.registry)
+        self.audit = AuditLog(self.engine)
         self.indexes = IndexManager(settings.index_dir, settings.exact_max, settings.ann_target_recall)
         self._pipelines: dict[str, FacePipeline] = {}
         self._lock = threading.Lock()

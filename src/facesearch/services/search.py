@@ -7,7 +7,7 @@ purpose, probe hash and candidates, including searches that found no face.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -109,16 +109,20 @@ class SearchService:
             raise FaceIndexOutOfRange(f"face index {i} is out of range: the probe has {len(faces)} face(s)")
         return [faces[i]]
 
-    def search_image(self, image: DecodedImage, req: SearchRequest) -> SearchResult:
+    def search_image(self, image: DecodedImage, req: SearchRequest, *, agency_id: int | None = None,
+                     user_id: int | None = None, authorization_ref: str | None = None) -> SearchResult:
         """Search with a probe photo, embedded by the model the gallery is bound to."""
         require_case_info(req.case_number, req.purpose)
         with self.ctx.repo() as repo:
             g = repo.get_gallery(req.gallery)
         pipeline = self.ctx.pipeline_for_model(g.model_id)  # refuses a pack whose licence is not accepted
         probes = self.probe_faces(image, req, pipeline)
-        return self.search_faces(probes, req, probe_sha256=image.info.sha256)
+        return self.search_faces(probes, req, probe_sha256=image.info.sha256, agency_id=agency_id,
+                                 user_id=user_id, authorization_ref=authorization_ref)
 
-    def search_faces(self, probes: list[Face], req: SearchRequest, probe_sha256: str) -> SearchResult:
+    def search_faces(self, probes: list[Face], req: SearchRequest, probe_sha256: str, *,
+                     agency_id: int | None = None, user_id: int | None = None,
+                     authorization_ref: str | None = None) -> SearchResult:
         """Search with faces already embedded; each must come from the gallery's model."""
         case, purpose = require_case_info(req.case_number, req.purpose)
         ctx = self.ctx
@@ -140,16 +144,21 @@ class SearchService:
                 cands = self._candidates(repo, index, g.id, g.model_id, g.name, face, req.top_k)
                 results.append(ProbeFaceResult(bbox=face.bbox, quality=face.quality, candidates=tuple(cands)))
                 recorded += [(pi, r, c.face_id, c.image_id, c.score) for r, c in enumerate(cands, 1)]
-            search_id, when = repo.record_search(
+            search_id, when, public_id, cand_ids = repo.record_search(
                 case_number=case, purpose=purpose, gallery_id=g.id, model_id=g.model_id,
                 probe_sha256=probe_sha256, probe_faces=len(probes), top_k=req.top_k,
-                threshold=threshold.value, candidates=recorded,
+                threshold=threshold.value, candidates=recorded, agency_id=agency_id, user_id=user_id,
+                authorization_ref=authorization_ref,
             )
         if not probes:
             raise NoFaceFound(f"no face found in the probe image (search {search_id} recorded)")
+        ids = iter(cand_ids)
+        results = [replace(r, candidates=tuple(replace(c, candidate_id=next(ids)) for c in r.candidates))
+                   for r in results]
         return SearchResult(
             search_id=search_id, gallery=g.name, case_number=case, purpose=purpose, threshold=threshold,
             faces=tuple(results), model_id=g.model_id, created_at=when, model_terms=pack.terms(),
+            public_id=public_id,
         )
 
     def _candidates(self, repo: Repository, index, gallery_id: int, model_id: str, gallery: str,  # noqa: ANN001

@@ -274,20 +274,28 @@ class Repository:
     def record_search(
         self, *, case_number: str, purpose: str, gallery_id: int, model_id: str, probe_sha256: str,
         probe_faces: int, top_k: int, threshold: float, candidates: list[tuple[int, int, int | None, int | None, float]],
-    ) -> tuple[int, datetime]:
+        agency_id: int | None = None, user_id: int | None = None, authorization_ref: str | None = None,
+    ) -> tuple[int, datetime, str, list[str]]:
+        """Record a search and its candidates; returns (id, time, public id, candidate public ids)."""
+        import secrets
+
         now = utcnow()
         s = Search(
             created_at=now, case_number=case_number, purpose=purpose, gallery_id=gallery_id,
             model_id=model_id, probe_sha256=probe_sha256, probe_faces=probe_faces, top_k=top_k,
-            threshold=threshold,
+            threshold=threshold, public_id=secrets.token_hex(16), agency_id=agency_id, user_id=user_id,
+            authorization_ref=authorization_ref,
         )
         self.s.add(s)
         self.s.flush()
+        ids = []
         for probe_face, rank, face_id, image_id, score in candidates:
+            pid = secrets.token_hex(16)
+            ids.append(pid)
             self.s.add(SearchCandidate(search_id=s.id, probe_face=probe_face, rank=rank, face_id=face_id,
-                                       image_id=image_id, score=score))
+                                       image_id=image_id, score=score, public_id=pid))
         self.s.flush()
-        return s.id, now
+        return s.id, now, s.public_id, ids
 
     def searches(self, case_number: str | None = None) -> list[Search]:
         q = select(Search).order_by(Search.id)

@@ -1,0 +1,142 @@
+"""A live server process on a provisioned home: two agencies, every role, a gallery each."""
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import httpx
+import pytest
+
+from facesearch.auth.totp import code_at
+from facesearch.config import Settings
+
+PASSWORD = "correct horse battery 9"
+FAST_ARGON2 = {"FACESEARCH_ARGON2_MEMORY_KIB": "1024", "FACESEARCH_ARGON2_TIME_COST": "1"}
+CASE = "2026-000123"
+PURPOSE = "robbery investigation"
+
+
+@dataclass
+class Account:
+    username: str
+    role: str
+    agency: str | None
+    secret: str
+    token: str | None = None
+
+
+@dataclass
+class Live:
+    url: str
+    home: Path
+    accounts: dict[str, Account]
+    probe: Path
+    noface: Path
+    settings: Settings
+
+    def client(self, who: str | None = None) -> httpx.Client:
+        headers = {}
+        if who is not None:
+            headers["Authorization"] = f"Bearer {self.token(who)}"
+        return httpx.Client(base_url=self.url, headers=headers, timeout=60)
+
+    def token(self, who: str) -> str:
+        acc = self.accounts[who]
+        if acc.token is None:
+            acc.token = login(self.url, acc)
+        return acc.token
+
+
+def login(url: str, acc: Account) -> str:
+    for attempt in range(2):
+        r = httpx.post(f"{url}/api/v1/auth/login", json={
+            "username": acc.username, "password": PASSWORD,
+            "totp": code_at(acc.secret, datetime.now(timezone.utc))}, timeout=60)
+        if r.status_code == 200:
+            return r.json()["access_token"]
+        # a TOTP code is accepted once: if this account already used the current step, wait
+        # for the next one (at most 30 s)
+        time.sleep(30.5 - time.time() % 30)
+    raise AssertionError(r.text)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def provision(home: Path, dev_labels, db_url: str | None) -> tuple[dict[str, Account], Path, Path]:  # noqa: ANN001
+    from facesearch.facade import FaceSearch
+    from facesearch.services.accounts import Accounts
+    from facesearch.store.tables import Gallery
+
+    env_settings = dict(home=home, workers=1, argon2_memory_kib=1024, argon2_time_cost=1)
+    if db_url:
+        env_settings["database_url"] = db_url
+    s = Settings(**env_settings)
+    accounts: dict[str, Account] = {}
+    with FaceSearch(settings=s) as fs:
+        acc = Accounts(fs.ctx)
+        for name in ("Agency A", "Agency B"):
+            acc.add_agency(name, r"^\d{4}-\d{6}$", [PURPOSE, "missing person"])
+        for who, role, agency in [("root", "sysadmin", None), ("admin_a", "agency_admin", "Agency A"),
+                                  ("sup_a", "supervisor", "Agency A"), ("inv_a1", "investigator", "Agency A"),
+                                  ("inv_a2", "investigator", "Agency A"), ("inv_b", "investigator", "Agency B"),
+                                  ("sup_b", "supervisor", "Agency B"), ("lockme", "investigator", "Agency B")]:
+            u = acc.add_user(who, PASSWORD, role, agency)
+            accounts[who] = Account(who, role, agency, u.totp_secret)
+        photos = home / "photos"
+        for gallery, agency, idents in [("bookings-a", "Agency A", ["dlib_John_Simm", "dlib_John_Salley"]),
+                                        ("bookings-b", "Agency B", ["dlib_John_Savage"])]:
+            for ident in idents:
+                (photos / gallery / ident).mkdir(parents=True)
+                for p in dev_labels[ident][:3]:
+                    (photos / gallery / ident / p.name).write_bytes(p.read_bytes())
+            fs.ingest(photos / gallery, gallery=gallery, legal_basis="State booking records, statute 12-3",
+                      subject_from_folder=True)
+            with fs.ctx.repo() as repo:
+                g = repo.s.query(Gallery).filter_by(name=gallery).one()
+                g.agency_id = acc.agency(agency).id
+    from PIL import Image
+
+    noface = home / "wall.png"
+    Image.new("RGB", (300, 300), (180, 170, 160)).save(noface)
+    return accounts, dev_labels["dlib_John_Simm"][5], noface
+
+
+def start_server(home: Path, db_url: str | None) -> tuple[subprocess.Popen, str]:
+    port = _free_port()
+    env = {**os.environ, **FAST_ARGON2, "FACESEARCH_HOME": str(home)}
+    if db_url:
+        env["FACESEARCH_DATABASE_URL"] = db_url
+    proc = subprocess.Popen([sys.executable, "-m", "facesearch.cli", "serve", "--port", str(port)],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited: {proc.stderr.read().decode()[-2000:]}")
+        try:
+            if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
+                return proc, url
+        except httpx.HTTPError:
+            time.sleep(0.2)
+    proc.kill()
+    raise RuntimeError("server did not start in 60 s")
+
+
+@pytest.fixture(scope="session")
+def live(tmp_path_factory: pytest.TempPathFactory, dev_labels) -> Live:  # noqa: ANN001
+    home = tmp_path_factory.mktemp("service-home")
+    accounts, probe, noface = provision(home, dev_labels, None)
+    proc, url = start_server(home, None)
+    yield Live(url, home, accounts, probe, noface, Settings(home=home))
+    proc.terminate()
+    proc.wait(timeout=20)
