@@ -20,7 +20,7 @@ import time
 from datetime import date
 from pathlib import Path
 
-from facesearch.api import FaceSearch
+from facesearch.facade import FaceSearch
 from facesearch.services.ingest import IngestService, folder_items
 
 DEFAULT_DATA = Path(os.environ.get("FACESEARCH_DEV_DATA",

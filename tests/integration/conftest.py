@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from facesearch.api import FaceSearch
+from facesearch.facade import FaceSearch
 
 GALLERY_BASIS = "Test fixture: faces-dev photos from public repositories"
 

@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 from onnx import TensorProto, helper, numpy_helper
 
-from facesearch.api import FaceSearch
+from facesearch.facade import FaceSearch
 from facesearch.errors import ModelMismatch
 
 BASIS = "Test: statute 12-3"

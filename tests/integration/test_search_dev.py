@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from facesearch.api import FaceSearch
+from facesearch.facade import FaceSearch
 from facesearch.cli import main
 from facesearch.errors import GalleryNotFound, MissingCaseInfo, NoFaceFound
 
