@@ -39,6 +39,21 @@ class Live:
     probe: Path
     noface: Path
     settings: Settings
+    db_url: str
+
+    def sql(self, statement: str, **params: object) -> list[tuple]:
+        """Run SQL on the server's database directly (what an intruder or time would change)."""
+        from sqlalchemy import text
+
+        from facesearch.store.db import make_engine
+
+        engine = make_engine(self.db_url)
+        try:
+            with engine.begin() as conn:
+                res = conn.execute(text(statement), params)
+                return [tuple(r) for r in res] if res.returns_rows else []
+        finally:
+            engine.dispose()
 
     def client(self, who: str | None = None) -> httpx.Client:
         headers = {}
@@ -132,11 +147,32 @@ def start_server(home: Path, db_url: str | None) -> tuple[subprocess.Popen, str]
     raise RuntimeError("server did not start in 60 s")
 
 
-@pytest.fixture(scope="session")
-def live(tmp_path_factory: pytest.TempPathFactory, dev_labels) -> Live:  # noqa: ANN001
-    home = tmp_path_factory.mktemp("service-home")
-    accounts, probe, noface = provision(home, dev_labels, None)
-    proc, url = start_server(home, None)
-    yield Live(url, home, accounts, probe, noface, Settings(home=home))
+@pytest.fixture(scope="session", params=["sqlite", "postgresql"])
+def live(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, dev_labels) -> Live:  # noqa: ANN001
+    """The same suite on SQLite and on a real PostgreSQL server (FACESEARCH_TEST_POSTGRES_URL)."""
+    home = tmp_path_factory.mktemp(f"service-home-{request.param}")
+    db_url, drop = None, None
+    if request.param == "postgresql":
+        admin = os.environ.get("FACESEARCH_TEST_POSTGRES_URL")
+        if not admin:
+            pytest.skip("set FACESEARCH_TEST_POSTGRES_URL to run the API suite on PostgreSQL")
+        import uuid
+
+        import psycopg
+
+        name = f"fs_api_{uuid.uuid4().hex[:10]}"
+        with psycopg.connect(admin, autocommit=True) as c:
+            c.execute(f'CREATE DATABASE "{name}"')  # generated name, not input
+        db_url = f"{admin.rsplit('/', 1)[0]}/{name}"
+
+        def drop() -> None:
+            with psycopg.connect(admin, autocommit=True) as c:
+                c.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    accounts, probe, noface = provision(home, dev_labels, db_url)
+    proc, url = start_server(home, db_url)
+    settings = Settings(home=home, database_url=db_url)
+    yield Live(url, home, accounts, probe, noface, settings, settings.db_url)
     proc.terminate()
     proc.wait(timeout=20)
+    if drop:
+        drop()

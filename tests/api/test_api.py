@@ -1,9 +1,7 @@
-"""The investigator API against a live server process on SQLite: sign-in, safeguarded
+"""The investigator API against a live server process (SQLite and PostgreSQL): sign-in, safeguarded
 search, dual review, thumbnails, audit, operations endpoints, and bad input."""
 from __future__ import annotations
 
-import json
-import sqlite3
 from datetime import datetime, timedelta, timezone
 
 import httpx
@@ -135,10 +133,9 @@ def test_audit_trail_records_and_verifies(live: Live) -> None:
     with live.client("sup_a") as c:
         r = c.get("/api/v1/audit/verify")
     assert r.status_code == 200 and r.json()["ok"] is True
-    with sqlite3.connect(live.home / "facesearch.db") as db:
-        actions = {a for (a,) in db.execute("select distinct action from audit_log")}
-        outcomes = {o for (o,) in db.execute("select distinct outcome from audit_log where action='login'")}
-        details = " ".join(d for (d,) in db.execute("select details from audit_log"))
+    actions = {a for (a,) in live.sql("select distinct action from audit_log")}
+    outcomes = {o for (o,) in live.sql("select distinct outcome from audit_log where action='login'")}
+    details = " ".join(d for (d,) in live.sql("select details from audit_log"))
     assert {"login", "search", "review", "candidate_view", "user_change", "audit_read"} <= actions
     assert {"success", "failure"} <= outcomes
     assert PASSWORD not in details
@@ -155,9 +152,8 @@ def test_logout_revokes_and_expired_tokens_are_refused(live: Live) -> None:
     acc.token = None
     # an expired token: move its expiry into the past, as time would
     tok = live.token("inv_b")
-    with sqlite3.connect(live.home / "facesearch.db") as db:
-        past = (datetime.now(timezone.utc) - timedelta(minutes=1)).isoformat()
-        db.execute("update tokens set expires_at=? where hash=?", (past, hash_token(tok)))
+    past = datetime.now(timezone.utc) - timedelta(minutes=1)
+    live.sql("update tokens set expires_at = :past where hash = :h", past=past, h=hash_token(tok))
     with live.client("inv_b") as c:
         r = c.get("/api/v1/galleries")
     assert r.status_code == 401 and r.json()["error"]["code"] == "token_expired"
@@ -173,3 +169,28 @@ def test_operations_endpoints(live: Live) -> None:
     assert "facesearch_http_requests_total" in metrics
     for personal in (CASE, "inv_a1", "dlib_John_Simm", "Agency A"):
         assert personal not in metrics
+
+
+def test_supervisor_oversight_and_case_pdf(live: Live) -> None:
+    search(live, "inv_a1")
+    with live.client("sup_a") as c:
+        rep = c.get("/api/v1/oversight")
+        pdf = c.get(f"/api/v1/cases/{CASE}/export.pdf")
+    assert rep.status_code == 200, rep.text
+    body = rep.json()
+    assert body["per_user"].get("inv_a1", 0) >= 1 and body["per_case"].get(CASE, 0) >= 1
+    # the same probe photo was searched under one case number only: no such flag yet
+    assert all(f["kind"] != "same_face_different_cases" for f in body["flags"])
+    assert pdf.status_code == 200 and pdf.headers["content-type"] == "application/pdf"
+    assert pdf.content.startswith(b"%PDF")
+    from io import BytesIO
+
+    import pypdf
+
+    text = " ".join(page.extract_text() for page in pypdf.PdfReader(BytesIO(pdf.content)).pages)
+    assert CASE in text and "investigative leads" in text and "dlib_John_Simm" in text
+    # a second case number for the same photo is flagged
+    search(live, "inv_a1", case_number="2026-000999")
+    with live.client("sup_a") as c:
+        flags = c.get("/api/v1/oversight").json()["flags"]
+    assert any(f["kind"] == "same_face_different_cases" for f in flags)

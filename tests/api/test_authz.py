@@ -44,6 +44,8 @@ ENDPOINTS = [
         "username": f"new_user_{next(_seq)}", "password": PASSWORD,
         "role": "agency_admin" if x["role"] == "sysadmin" else "investigator", "agency": "Agency A"})),
     Endpoint("verify audit", Perm.AUDIT_VERIFY, False, lambda c, x: c.get("/api/v1/audit/verify")),
+    Endpoint("oversight", Perm.OVERSIGHT_READ, False, lambda c, x: c.get("/api/v1/oversight")),
+    Endpoint("case export", Perm.CASE_EXPORT, True, lambda c, x: c.get(f"/api/v1/cases/{CASE}/export.pdf")),
 ]
 WHO = {"root": (Role.SYSADMIN, None), "admin_a": (Role.AGENCY_ADMIN, "A"), "sup_a": (Role.SUPERVISOR, "A"),
        "inv_a2": (Role.INVESTIGATOR, "A"), "inv_b": (Role.INVESTIGATOR, "B"), "sup_b": (Role.SUPERVISOR, "B"),

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timezone
 
 from sqlalchemy import or_, select
 
@@ -265,3 +265,63 @@ class Casework:
                               target=f"candidate:{candidate_id}", outcome=AuditOutcome.SUCCESS,
                               request_id=request_id)
         return jpeg
+
+
+class Oversight:
+    """What supervisors see: the agency's searches counted and flagged, and case exports."""
+
+    def __init__(self, ctx: AppContext) -> None:
+        self.ctx = ctx
+        self.casework = Casework(ctx)
+
+    def report(self, p: Principal, request_id: str | None = None) -> dict[str, object]:
+        from facesearch.services.oversight import SearchFact, oversee
+
+        require(p, Perm.OVERSIGHT_READ)
+        views = self.casework.list(p, limit=5000)
+        with self.ctx.repo() as repo:
+            hashes = dict(repo.s.execute(select(Search.public_id, Search.probe_sha256)
+                                         .where(Search.agency_id == p.agency_id)).all())
+        facts = [SearchFact(search_id=v.search_id, user=v.searched_by or "(deleted user)", case_number=v.case_number,
+                            at=v.at if v.at.tzinfo else v.at.replace(tzinfo=timezone.utc),
+                            probe_sha256=hashes.get(v.search_id, ""), probe_embedding=None,
+                            reviewed=bool(v.reviews), candidates=len(v.candidates)) for v in views]
+        report = oversee(facts, None, self.casework.accounts.clock())
+        self.ctx.audit.append(AuditAction.AUDIT_READ, actor=p.username, agency=p.agency_name, target="oversight",
+                              outcome=AuditOutcome.SUCCESS, request_id=request_id,
+                              details={"searches": len(facts)})
+        return report.to_json()
+
+    def case_pdf(self, p: Principal, case_number: str, request_id: str | None = None) -> bytes:
+        from facesearch.services.case_export import CaseAuditLine, CaseCandidate, CaseReview, CaseSearch, case_pdf
+
+        require(p, Perm.CASE_EXPORT)
+        views = [v for v in self.casework.list(p, case_number=case_number, limit=5000)]
+        if not views:
+            raise SearchNotFound(f"no searches of case {case_number!r}")
+        searches = []
+        for v in reversed(views):
+            cands = []
+            for c in v.candidates:
+                try:
+                    thumb = self.casework.thumbnail(p, c.candidate_id, request_id=request_id)
+                except FaceSearchError:
+                    thumb = None  # erased since, or the stored file is gone
+                cands.append(CaseCandidate(c.candidate_id, c.rank, c.subject, c.score, c.source_uri, c.legal_basis,
+                                           thumb))
+            searches.append(CaseSearch(
+                search_id=v.search_id, at=v.at, user=v.searched_by or "", gallery=v.gallery or "",
+                purpose=v.purpose, authorization_ref=v.authorization_ref, probe_jpeg=None,
+                threshold=v.threshold, threshold_meaning=v.threshold_meaning, candidates=cands,
+                reviews=[CaseReview(r.candidate_id, r.reviewer, r.decision, r.note, r.at) for r in v.reviews],
+                status=v.status))
+        targets = {f"search:{v.search_id}" for v in views}
+        audit = [CaseAuditLine(r.at, r.actor, r.action, r.target or "", r.outcome)
+                 for r in self.ctx.audit.records(agency=p.agency_name, limit=100_000)
+                 if (r.target or "").split("/")[0] in targets]
+        pdf = case_pdf(case_number, p.agency_name or "", searches, audit, generated_by=p.username,
+                       generated_at=self.casework.accounts.clock(), model_terms=None)
+        self.ctx.audit.append(AuditAction.EXPORT, actor=p.username, agency=p.agency_name,
+                              target=f"case:{len(case_number)}-chars", outcome=AuditOutcome.SUCCESS,
+                              request_id=request_id, details={"searches": len(searches)})
+        return pdf

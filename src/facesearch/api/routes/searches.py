@@ -7,7 +7,7 @@ from pydantic import BaseModel
 
 from facesearch.api.deps import CtxDep, RequestId, allowed_principal
 from facesearch.auth.permissions import Perm
-from facesearch.services.casework import Casework
+from facesearch.services.casework import Casework, Oversight
 
 router = APIRouter(prefix="/api/v1", tags=["searches"])
 
@@ -68,3 +68,19 @@ def thumbnail(candidate_id: str, ctx: CtxDep, rid: RequestId,
 @router.get("/galleries")
 def galleries(ctx: CtxDep, principal: allowed_principal(Perm.GALLERY_LIST)) -> dict[str, object]:
     return {"galleries": Casework(ctx).galleries(principal)}
+
+
+@router.get("/oversight")
+def oversight(ctx: CtxDep, rid: RequestId, principal: allowed_principal(Perm.OVERSIGHT_READ)) -> dict[str, object]:
+    """Searches per user, case and day, with flags: never reviewed, unusual volume, outside
+    working hours, the same face under different case numbers."""
+    return Oversight(ctx).report(principal, request_id=rid)
+
+
+@router.get("/cases/{case_number}/export.pdf", response_class=Response)
+def case_export(case_number: str, ctx: CtxDep, rid: RequestId,
+                principal: allowed_principal(Perm.CASE_EXPORT)) -> Response:
+    """A PDF of the case: searches, candidates with thumbnails, reviews and an audit excerpt."""
+    pdf = Oversight(ctx).case_pdf(principal, case_number, request_id=rid)
+    return Response(pdf, media_type="application/pdf",
+                    headers={"Content-Disposition": 'attachment; filename="case.pdf"', "Cache-Control": "no-store"})
