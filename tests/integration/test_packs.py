@@ -116,6 +116,10 @@ def test_reembed_moves_a_gallery_and_search_uses_its_model(tmp_path: Path, dev_l
         assert after.model_terms["commercial_use"] is False
         assert fs.gallery_stats("g").model_id == "w600k-mbf"
         assert not list((home / "index").glob("*dlib-resnet-v1*"))
+        # case exports of this gallery's searches carry the pack's terms
+        from facesearch.services.casework import Oversight
+
+        assert "non-commercial research" in Oversight(fs.ctx)._pack_notice("g")
         # a probe embedded by the old model is refused by the re-embedded gallery
         old = build_pipeline(Settings(home=home)).analyze(read_image(probe, max_pixels=10**8).rgb)
         from facesearch.services.search import SearchRequest, SearchService

@@ -292,6 +292,14 @@ class Oversight:
                               details={"searches": len(facts)})
         return report.to_json()
 
+    def _pack_notice(self, gallery: str | None) -> str | None:
+        """The licence notice of the model pack a gallery is bound to (None when unrestricted)."""
+        if not gallery:
+            return None
+        with self.ctx.repo() as repo:
+            g = repo.find_gallery(gallery)
+        return self.ctx.packs.for_embedder(g.model_id).notice() if g else None
+
     def case_pdf(self, p: Principal, case_number: str, request_id: str | None = None) -> bytes:
         from facesearch.services.case_export import CaseAuditLine, CaseCandidate, CaseReview, CaseSearch, case_pdf
 
@@ -319,8 +327,9 @@ class Oversight:
         audit = [CaseAuditLine(r.at, r.actor, r.action, r.target or "", r.outcome)
                  for r in self.ctx.audit.records(agency=p.agency_name, limit=100_000)
                  if (r.target or "").split("/")[0] in targets]
+        terms = sorted({n for n in (self._pack_notice(v.gallery) for v in views) if n})
         pdf = case_pdf(case_number, p.agency_name or "", searches, audit, generated_by=p.username,
-                       generated_at=self.casework.accounts.clock(), model_terms=None)
+                       generated_at=self.casework.accounts.clock(), model_terms=" ".join(terms) or None)
         self.ctx.audit.append(AuditAction.EXPORT, actor=p.username, agency=p.agency_name,
                               target=f"case:{len(case_number)}-chars", outcome=AuditOutcome.SUCCESS,
                               request_id=request_id, details={"searches": len(searches)})
