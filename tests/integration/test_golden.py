@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from facesearch import detect_faces, embed_faces
+from facesearch import detect_faces
 from facesearch.types import BBox
 
 GOLDEN = json.loads((Path(__file__).resolve().parents[1] / "golden" / "dlib-resnet-v1.json").read_text())

@@ -3,7 +3,6 @@ and a killed ingest resumes with no lost and no duplicated faces."""
 from __future__ import annotations
 
 import json
-import os
 import signal
 import sqlite3
 import subprocess

@@ -29,8 +29,9 @@ import cv2
 import numpy as np
 
 from facesearch.errors import InvalidInput, ModelError
+from facesearch.models.detections import nms, to_faces
 from facesearch.models.manifest import ModelManifest, ModelRegistry
-from facesearch.types import BBox, DetectedFace
+from facesearch.types import DetectedFace
 
 _PNET_CELL = 12
 _PNET_STRIDE = 2
@@ -43,36 +44,6 @@ def _normalise(pixels: np.ndarray) -> np.ndarray:
     out -= 127.5
     out *= 0.0078125
     return out
-
-
-def nms(boxes: np.ndarray, scores: np.ndarray, threshold: float, mode: str = "union") -> np.ndarray:
-    """Greedy non-maximum suppression; returns the indices kept, best score first.
-
-    ``mode="union"`` compares intersection over union, ``mode="min"`` intersection over the
-    smaller of the two areas (which also removes a small box lying inside a bigger one).
-    """
-    if boxes.shape[0] == 0:
-        return np.empty(0, dtype=np.int64)
-    x1, y1, x2, y2 = boxes[:, 0], boxes[:, 1], boxes[:, 2], boxes[:, 3]
-    area = np.maximum(0.0, x2 - x1) * np.maximum(0.0, y2 - y1)
-    order = np.argsort(-scores, kind="stable")
-    keep: list[int] = []
-    while order.size:
-        i = int(order[0])
-        keep.append(i)
-        rest = order[1:]
-        if not rest.size:
-            break
-        iw = np.maximum(0.0, np.minimum(x2[i], x2[rest]) - np.maximum(x1[i], x1[rest]))
-        ih = np.maximum(0.0, np.minimum(y2[i], y2[rest]) - np.maximum(y1[i], y1[rest]))
-        inter = iw * ih
-        if mode == "min":
-            denom = np.minimum(area[i], area[rest])
-        else:
-            denom = area[i] + area[rest] - inter
-        overlap = np.divide(inter, denom, out=np.zeros_like(inter), where=denom > 0)
-        order = rest[overlap <= threshold]
-    return np.asarray(keep, dtype=np.int64)
 
 
 def _apply_regression(boxes: np.ndarray, reg: np.ndarray) -> np.ndarray:
@@ -373,27 +344,4 @@ class MtcnnDetector:
     # ------------------------------------------------------------------ output
 
     def _to_faces(self, image: np.ndarray, boxes: np.ndarray, points: np.ndarray) -> list[DetectedFace]:
-        h_img, w_img = image.shape[:2]
-        faces = []
-        for b, pts in zip(boxes, points):
-            x1 = min(max(int(round(b[0])), 0), w_img)
-            y1 = min(max(int(round(b[1])), 0), h_img)
-            x2 = min(max(int(round(b[2])), 0), w_img)
-            y2 = min(max(int(round(b[3])), 0), h_img)
-            if x2 <= x1 or y2 <= y1:
-                continue
-            pts = pts.copy()
-            if pts[0, 0] > pts[1, 0]:  # eyes: smaller x first
-                pts[[0, 1]] = pts[[1, 0]]
-            if pts[3, 0] > pts[4, 0]:  # mouth corners: smaller x first
-                pts[[3, 4]] = pts[[4, 3]]
-            faces.append(
-                DetectedFace(
-                    bbox=BBox(x1, y1, x2 - x1, y2 - y1),
-                    score=float(b[4]),
-                    landmarks=tuple((float(x), float(y)) for x, y in pts),
-                    detector=self.id,
-                )
-            )
-        faces.sort(key=lambda f: (-f.bbox.area, -f.score))
-        return faces
+        return to_faces(image, boxes[:, :4], boxes[:, 4], points, self.id)

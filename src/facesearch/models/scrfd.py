@@ -43,8 +43,8 @@ import numpy as np
 
 from facesearch.errors import InvalidInput, ModelError
 from facesearch.models.manifest import ModelManifest
-from facesearch.models.mtcnn import nms
-from facesearch.types import BBox, DetectedFace
+from facesearch.models.detections import nms, to_faces
+from facesearch.types import DetectedFace
 
 _STRIDES = (8, 16, 32)
 _ANCHORS = 2  # anchors per feature-map location
@@ -272,27 +272,4 @@ class ScrfdDetector:
     def _to_faces(
         self, image: np.ndarray, boxes: np.ndarray, scores: np.ndarray, points: np.ndarray
     ) -> list[DetectedFace]:
-        h_img, w_img = image.shape[:2]
-        faces = []
-        for b, s, pts in zip(boxes, scores, points):
-            x1 = min(max(int(round(b[0])), 0), w_img)
-            y1 = min(max(int(round(b[1])), 0), h_img)
-            x2 = min(max(int(round(b[2])), 0), w_img)
-            y2 = min(max(int(round(b[3])), 0), h_img)
-            if x2 <= x1 or y2 <= y1:
-                continue
-            pts = pts.copy()
-            if pts[0, 0] > pts[1, 0]:  # eyes: smaller x first
-                pts[[0, 1]] = pts[[1, 0]]
-            if pts[3, 0] > pts[4, 0]:  # mouth corners: smaller x first
-                pts[[3, 4]] = pts[[4, 3]]
-            faces.append(
-                DetectedFace(
-                    bbox=BBox(x1, y1, x2 - x1, y2 - y1),
-                    score=float(s),
-                    landmarks=tuple((float(x), float(y)) for x, y in pts),
-                    detector=self.id,
-                )
-            )
-        faces.sort(key=lambda f: (-f.bbox.area, -f.score))
-        return faces
+        return to_faces(image, boxes, scores, points, self.id)

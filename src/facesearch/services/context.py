@@ -16,7 +16,6 @@ from facesearch.config import Settings
 from facesearch.index.base import VectorIndex
 from facesearch.index.manager import IndexKey, IndexManager
 from facesearch.models.loader import registry_for
-from facesearch.models.manifest import ModelRegistry
 from facesearch.pipeline.build import build_pipeline, packs_for
 from facesearch.pipeline.pipeline import FacePipeline
 from facesearch.store.db import make_engine, migrate, session_factory
