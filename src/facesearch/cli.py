@@ -78,11 +78,13 @@ def main(ctx: click.Context, verbose: int, accept_model_license: str | None) -> 
 @click.option("--subject-from-folder", is_flag=True, help="Use each photo's folder name as its subject label.")
 @click.option("--workers", type=int, default=None, help="Worker processes (default: number of cores).")
 @click.option("--model", default=None, help="Model pack for a new gallery (default: $FACESEARCH_MODEL or dlib).")
+@click.option("--collector", default=None,
+              help="Who collected these photos (default: the operating-system user running the ingest).")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @_home_option
 @_domain_errors
 def ingest(source: Path, gallery: str, legal_basis: str | None, subject_from_folder: bool,
-           workers: int | None, model: str | None, as_json: bool, home: str | None) -> None:
+           workers: int | None, model: str | None, collector: str | None, as_json: bool, home: str | None) -> None:
     """Ingest a folder of photos or a CSV/JSONL manifest (path, subject, source_uri,
     legal_basis, collected_at) into a gallery. Safe to re-run: known images are skipped."""
     from facesearch.facade import FaceSearch
@@ -90,8 +92,10 @@ def ingest(source: Path, gallery: str, legal_basis: str | None, subject_from_fol
 
     items = items_from(source, subject_from_folder)
     with FaceSearch(settings=_settings(home, model=model)) as fs, _Progress("ingest", len(items)) as bar:
+        import getpass
+
         summary = fs.ingest(items, gallery=gallery, legal_basis=legal_basis, progress=bar.update,
-                            workers=workers)
+                            workers=workers, collector=collector or getpass.getuser())
     if as_json:
         _emit_json(summary.to_json())
         return

@@ -94,6 +94,9 @@ class Candidate:
     bbox: BBox
     gallery: str
     candidate_id: str | None = None  # random public id, once the search is recorded
+    collector: str | None = None
+    collected_at: datetime | None = None
+    warrant_ref: str | None = None
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -107,6 +110,9 @@ class Candidate:
             "legal_basis": self.legal_basis,
             "box": self.bbox.as_list(),
             "gallery": self.gallery,
+            "collector": self.collector,
+            "collected_at": self.collected_at.isoformat() if self.collected_at else None,
+            "warrant_ref": self.warrant_ref,
         }
 
 
@@ -169,6 +175,7 @@ class IngestItem:
     source_uri: str | None = None
     legal_basis: str | None = None
     collected_at: datetime | None = None
+    collector: str | None = None
 
 
 @dataclass

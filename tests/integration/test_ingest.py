@@ -214,3 +214,25 @@ def test_killed_ingest_resumes_without_loss_or_duplicates(tmp_path: Path, dev_la
     assert stats.images == len(files) == distinct
     assert stats.faces == clean.faces
     assert ids == face_ids and len(ids) == stats.faces
+
+
+def test_provenance_guard_refuses_social_sources_unless_a_warrant_covers_them(tmp_path: Path, dev_labels) -> None:  # noqa: ANN001
+    a, b = dev_labels["fr_biden"][:2]
+    m = tmp_path / "m.csv"
+    m.write_text(
+        "path,subject,source_uri,legal_basis,collected_at,collector\n"
+        f"{a},biden,https://www.facebook.com/photo?fbid=1,State booking records,2025-03-01,Det. Smith\n"
+        f"{b},biden,https://www.facebook.com/photo?fbid=2,Search warrant 2026-W-0042 (District Court),"
+        "2025-03-02,Det. Smith\n")
+    with FaceSearch(home=tmp_path / "h", workers=1) as fs:
+        from facesearch.services.ingest import manifest_items
+
+        s = fs.ingest(manifest_items(m), gallery="g")
+        assert (s.ingested, s.errors) == (1, 1)
+        assert s.error_details[0]["code"] == "social_network_source" and "court order or warrant" in \
+            s.error_details[0]["reason"]
+        r = fs.search(dev_labels["fr_biden"][0], gallery="g", case_number="C", purpose="p")
+        c = r.faces[0].candidates[0].to_json()
+        assert c["warrant_ref"] == "Search warrant 2026-W-0042"
+        assert c["collector"] == "Det. Smith" and c["collected_at"].startswith("2025-03-02")
+        assert c["source_uri"] == "https://www.facebook.com/photo?fbid=2"

@@ -33,11 +33,14 @@ class CandidateView:
     score: float
     source_uri: str | None
     legal_basis: str | None
+    collector: str | None = None
+    warrant_ref: str | None = None
 
     def to_json(self) -> dict[str, object]:
         return {"candidate_id": self.candidate_id, "rank": self.rank, "subject": self.subject,
                 "score": round(self.score, 4), "thumbnail_url": f"/api/v1/candidates/{self.candidate_id}/thumbnail",
-                "source_uri": self.source_uri, "legal_basis": self.legal_basis}
+                "source_uri": self.source_uri, "legal_basis": self.legal_basis, "collector": self.collector,
+                "warrant_ref": self.warrant_ref}
 
 
 @dataclass(frozen=True)
@@ -171,7 +174,8 @@ class Casework:
 
     def _view_of_result(self, r: SearchResult, p: Principal) -> SearchView:
         face = r.faces[0]
-        cands = tuple(CandidateView(c.candidate_id or "", i, c.subject, c.score, c.source_uri, c.legal_basis)
+        cands = tuple(CandidateView(c.candidate_id or "", i, c.subject, c.score, c.source_uri, c.legal_basis,
+                                    c.collector, c.warrant_ref)
                       for i, c in enumerate(face.candidates, 1))
         return SearchView(r.public_id, r.case_number, r.purpose, None, r.gallery, p.username, r.created_at,
                           r.threshold.value, r.threshold.meaning, cands)
@@ -199,11 +203,13 @@ class Casework:
 
     def _view(self, repo, s: Search) -> SearchView:  # noqa: ANN001
         rows = repo.s.execute(
-            select(SearchCandidate, Image.subject, Image.source_uri, Image.legal_basis)
+            select(SearchCandidate, Image.subject, Image.source_uri, Image.legal_basis, Image.collector,
+                   Image.warrant_ref)
             .outerjoin(Image, Image.id == SearchCandidate.image_id)
             .where(SearchCandidate.search_id == s.id).order_by(SearchCandidate.probe_face, SearchCandidate.rank)
         ).all()
-        cands = tuple(CandidateView(c.public_id, c.rank, subj, c.score, src, basis) for c, subj, src, basis in rows)
+        cands = tuple(CandidateView(c.public_id, c.rank, subj, c.score, src, basis, coll, wr)
+                      for c, subj, src, basis, coll, wr in rows)
         by_pk = {c.id: c.public_id for c, *_ in rows}
         reviews = tuple(
             ReviewView(r.public_id, by_pk.get(r.candidate_id, ""), name or "(deleted user)", r.decision, r.note,

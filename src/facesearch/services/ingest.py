@@ -28,12 +28,13 @@ from facesearch.errors import (
 from facesearch.pipeline.decode import image_sha256, read_image
 from facesearch.pipeline.build import build_pipeline
 from facesearch.services.context import AppContext
+from facesearch.services.provenance import SOCIAL_SOURCE, check_source
 from facesearch.types import Face, ImageInfo, IngestItem, IngestSummary
 
 log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
-MANIFEST_COLUMNS = ("path", "subject", "source_uri", "legal_basis", "collected_at")
+MANIFEST_COLUMNS = ("path", "subject", "source_uri", "legal_basis", "collected_at", "collector")
 
 
 # -- input --------------------------------------------------------------------------------------
@@ -93,6 +94,7 @@ def manifest_items(path: Path) -> list[IngestItem]:
             source_uri=(r.get("source_uri") or "").strip() or None,
             legal_basis=(r.get("legal_basis") or "").strip() or None,
             collected_at=parse_time(r.get("collected_at"), f"{path.name} row {n}"),
+            collector=(r.get("collector") or "").strip() or None,
         ))
     return items
 
@@ -151,7 +153,7 @@ class IngestService:
 
     def ingest(
         self, items: list[IngestItem], *, gallery: str, legal_basis: str | None = None,
-        progress: ProgressFn | None = None, workers: int | None = None,
+        progress: ProgressFn | None = None, workers: int | None = None, collector: str | None = None,
     ) -> IngestSummary:
         settings = self.ctx.settings
         workers = workers or settings.workers
@@ -179,7 +181,7 @@ class IngestService:
         last_save = time.monotonic()
         pending_hashes: set[str] = set()
 
-        def finish(item: IngestItem, basis: str, sha: str, a: Analysis) -> None:
+        def finish(item: IngestItem, basis: str, warrant: str | None, sha: str, a: Analysis) -> None:
             nonlocal last_save
             pending_hashes.discard(sha)
             for k, v in a.timings.items():
@@ -202,6 +204,7 @@ class IngestService:
                 _, face_ids = repo.add_image(
                     gallery_id=g.id, sha256=sha, original_path=item.path, source_uri=item.source_uri,
                     legal_basis=basis, subject=item.subject, collected_at=item.collected_at,
+                    collector=item.collector or collector, warrant_ref=warrant,
                     width=a.info.width, height=a.info.height, faces=ok, status=status,
                 )
             if ok:
@@ -213,13 +216,18 @@ class IngestService:
                 self.ctx.indexes.save(key)
                 last_save = time.monotonic()
 
-        def prepared() -> Iterator[tuple[IngestItem, str, str]]:
+        def prepared() -> Iterator[tuple[IngestItem, str, str | None, str]]:
             nonlocal done
             for item in items:
                 summary.images += 1
                 basis = (item.legal_basis or default_basis or "").strip()
                 if not basis:
                     self._error(summary, item.path, MissingLegalBasis.code, "no legal basis for this row")
+                    done += 1
+                    continue
+                guard = check_source(item.source_uri, basis)
+                if not guard.allowed:
+                    self._error(summary, item.path, SOCIAL_SOURCE, guard.reason or "refused source")
                     done += 1
                     continue
                 try:
@@ -236,13 +244,13 @@ class IngestService:
                     done += 1
                     continue
                 pending_hashes.add(sha)
-                yield item, basis, sha
+                yield item, basis, guard.warrant_ref, sha
 
         try:
             if workers <= 1:
                 run = _InlineAnalyzer(self.ctx)
-                for item, basis, sha in prepared():
-                    finish(item, basis, sha, run(item.path))
+                for item, basis, warrant, sha in prepared():
+                    finish(item, basis, warrant, sha, run(item.path))
                     done += 1
                     if progress:
                         progress(done, total, summary)
@@ -251,18 +259,18 @@ class IngestService:
                     max_workers=workers, initializer=_init_worker,
                     initargs=(settings.model_dump_json(),),
                 ) as pool:
-                    window: deque[tuple[IngestItem, str, str, Future[Analysis]]] = deque()
-                    for item, basis, sha in prepared():
-                        window.append((item, basis, sha, pool.submit(_work, item.path)))
+                    window: deque[tuple[IngestItem, str, str | None, str, Future[Analysis]]] = deque()
+                    for item, basis, warrant, sha in prepared():
+                        window.append((item, basis, warrant, sha, pool.submit(_work, item.path)))
                         while len(window) >= workers * 3:
-                            it, b, s, fut = window.popleft()
-                            finish(it, b, s, fut.result())
+                            it, b, w, s, fut = window.popleft()
+                            finish(it, b, w, s, fut.result())
                             done += 1
                             if progress:
                                 progress(done, total, summary)
                     while window:
-                        it, b, s, fut = window.popleft()
-                        finish(it, b, s, fut.result())
+                        it, b, w, s, fut = window.popleft()
+                        finish(it, b, w, s, fut.result())
                         done += 1
                         if progress:
                             progress(done, total, summary)

@@ -178,5 +178,6 @@ class SearchService:
             out.append(Candidate(
                 subject=rec.subject, score=score, image_id=rec.image_id, face_id=fid, path=rec.path,
                 source_uri=rec.source_uri, legal_basis=rec.legal_basis, bbox=BBox(*rec.box), gallery=gallery,
+                collector=rec.collector, collected_at=rec.collected_at, warrant_ref=rec.warrant_ref,
             ))
         return out

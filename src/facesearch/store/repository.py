@@ -54,6 +54,9 @@ class FaceRecord:
     legal_basis: str
     box: tuple[int, int, int, int]
     quality: float
+    collector: str | None = None
+    collected_at: datetime | None = None
+    warrant_ref: str | None = None
 
 
 def _info(g: Gallery) -> GalleryInfo:
@@ -119,12 +122,12 @@ class Repository:
     def add_image(
         self, *, gallery_id: int, sha256: str, original_path: str | None, source_uri: str | None,
         legal_basis: str, subject: str | None, collected_at: datetime | None, width: int, height: int,
-        faces: list[PipelineFace], status: str,
+        faces: list[PipelineFace], status: str, collector: str | None = None, warrant_ref: str | None = None,
     ) -> tuple[int, list[int]]:
         img = Image(
             gallery_id=gallery_id, sha256=sha256, original_path=original_path, source_uri=source_uri,
             legal_basis=legal_basis, subject=subject, collected_at=collected_at, ingested_at=utcnow(),
-            width=width, height=height, status=status,
+            width=width, height=height, status=status, collector=collector, warrant_ref=warrant_ref,
         )
         self.s.add(img)
         self.s.flush()
@@ -172,11 +175,12 @@ class Repository:
             return {}
         rows = self.s.execute(
             select(Face.id, Face.image_id, Image.subject, Image.original_path, Image.source_uri,
-                   Image.legal_basis, Face.x, Face.y, Face.w, Face.h, Face.quality)
+                   Image.legal_basis, Face.x, Face.y, Face.w, Face.h, Face.quality, Image.collector,
+                   Image.collected_at, Image.warrant_ref)
             .join(Image, Image.id == Face.image_id).where(Face.id.in_(face_ids))
         ).all()
         return {
-            r[0]: FaceRecord(r[0], r[1], r[2], r[3], r[4], r[5], (r[6], r[7], r[8], r[9]), r[10])
+            r[0]: FaceRecord(r[0], r[1], r[2], r[3], r[4], r[5], (r[6], r[7], r[8], r[9]), r[10], r[11], r[12], r[13])
             for r in rows
         }
 

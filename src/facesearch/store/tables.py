@@ -40,6 +40,8 @@ class Image(Base):
     width: Mapped[int] = mapped_column(Integer)
     height: Mapped[int] = mapped_column(Integer)
     status: Mapped[str] = mapped_column(String(20))  # "faces" | "no_face" | "rejected_quality"
+    collector: Mapped[str | None] = mapped_column(String(200))
+    warrant_ref: Mapped[str | None] = mapped_column(String(200))
     faces: Mapped[list["Face"]] = relationship(back_populates="image", cascade="all, delete-orphan")
 
 
