@@ -80,11 +80,13 @@ def main(ctx: click.Context, verbose: int, accept_model_license: str | None) -> 
 @click.option("--model", default=None, help="Model pack for a new gallery (default: $FACESEARCH_MODEL or dlib).")
 @click.option("--collector", default=None,
               help="Who collected these photos (default: the operating-system user running the ingest).")
+@click.option("--agency", default=None, help="The agency a new gallery belongs to (the service needs one).")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @_home_option
 @_domain_errors
 def ingest(source: Path, gallery: str, legal_basis: str | None, subject_from_folder: bool,
-           workers: int | None, model: str | None, collector: str | None, as_json: bool, home: str | None) -> None:
+           workers: int | None, model: str | None, collector: str | None, agency: str | None, as_json: bool,
+           home: str | None) -> None:
     """Ingest a folder of photos or a CSV/JSONL manifest (path, subject, source_uri,
     legal_basis, collected_at) into a gallery. Safe to re-run: known images are skipped."""
     from facesearch.facade import FaceSearch
@@ -95,7 +97,7 @@ def ingest(source: Path, gallery: str, legal_basis: str | None, subject_from_fol
         import getpass
 
         summary = fs.ingest(items, gallery=gallery, legal_basis=legal_basis, progress=bar.update,
-                            workers=workers, collector=collector or getpass.getuser())
+                            workers=workers, collector=collector or getpass.getuser(), agency=agency)
     if as_json:
         _emit_json(summary.to_json())
         return
@@ -232,6 +234,20 @@ def gallery_stats_cmd(name: str, as_json: bool, home: str | None) -> None:
     else:
         click.echo(f"{s.name}: {s.images} images, {s.faces} faces, {s.subjects} subjects, "
                    f"{s.no_face_images} images without a usable face (model {s.model_id})")
+
+
+@gallery.command("grant")
+@click.argument("name")
+@click.option("--agency", "agency_name", required=True, help="The agency that may search this gallery.")
+@_home_option
+@_domain_errors
+def gallery_grant_cmd(name: str, agency_name: str, home: str | None) -> None:
+    """Share a gallery with another agency (a system administrator's decision; audited)."""
+    from facesearch.services.casework import grant_gallery
+    from facesearch.services.context import AppContext
+
+    grant_gallery(AppContext(_settings(home)), name, agency_name, actor="cli")
+    click.echo(f"gallery {name} granted to {agency_name}")
 
 
 @gallery.command("reembed")

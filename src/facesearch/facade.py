@@ -51,10 +51,12 @@ class FaceSearch:
 
     def ingest(self, source: str | Path | list[IngestItem], *, gallery: str, legal_basis: str | None = None,
                subject_from_folder: bool = False, progress: ProgressFn | None = None,
-               workers: int | None = None, collector: str | None = None) -> IngestSummary:
+               workers: int | None = None, collector: str | None = None,
+               agency: str | None = None) -> IngestSummary:
         items = source if isinstance(source, list) else items_from(Path(source), subject_from_folder)
         return IngestService(self.ctx).ingest(items, gallery=gallery, legal_basis=legal_basis,
-                                              progress=progress, workers=workers, collector=collector)
+                                              progress=progress, workers=workers, collector=collector,
+                                              agency=agency)
 
     def search(self, probe: str | Path | bytes, *, gallery: str, case_number: str, purpose: str,
                top_k: int = 10, all_faces: bool = False, face_index: int | None = None) -> SearchResult:

@@ -90,7 +90,6 @@ def _free_port() -> int:
 def provision(home: Path, dev_labels, db_url: str | None) -> tuple[dict[str, Account], Path, Path]:  # noqa: ANN001
     from facesearch.facade import FaceSearch
     from facesearch.services.accounts import Accounts
-    from facesearch.store.tables import Gallery
 
     env_settings = dict(home=home, workers=1, argon2_memory_kib=1024, argon2_time_cost=1)
     if db_url:
@@ -99,12 +98,13 @@ def provision(home: Path, dev_labels, db_url: str | None) -> tuple[dict[str, Acc
     accounts: dict[str, Account] = {}
     with FaceSearch(settings=s) as fs:
         acc = Accounts(fs.ctx)
-        for name in ("Agency A", "Agency B"):
+        for name in ("Agency A", "Agency B", "Agency C"):
             acc.add_agency(name, r"^\d{4}-\d{6}$", [PURPOSE, "missing person"])
         for who, role, agency in [("root", "sysadmin", None), ("admin_a", "agency_admin", "Agency A"),
                                   ("sup_a", "supervisor", "Agency A"), ("inv_a1", "investigator", "Agency A"),
                                   ("inv_a2", "investigator", "Agency A"), ("inv_b", "investigator", "Agency B"),
-                                  ("sup_b", "supervisor", "Agency B"), ("lockme", "investigator", "Agency B")]:
+                                  ("sup_b", "supervisor", "Agency B"), ("lockme", "investigator", "Agency B"),
+                                  ("inv_c", "investigator", "Agency C")]:
             u = acc.add_user(who, PASSWORD, role, agency)
             accounts[who] = Account(who, role, agency, u.totp_secret)
         photos = home / "photos"
@@ -115,10 +115,7 @@ def provision(home: Path, dev_labels, db_url: str | None) -> tuple[dict[str, Acc
                 for p in dev_labels[ident][:3]:
                     (photos / gallery / ident / p.name).write_bytes(p.read_bytes())
             fs.ingest(photos / gallery, gallery=gallery, legal_basis="State booking records, statute 12-3",
-                      subject_from_folder=True)
-            with fs.ctx.repo() as repo:
-                g = repo.s.query(Gallery).filter_by(name=gallery).one()
-                g.agency_id = acc.agency(agency).id
+                      subject_from_folder=True, agency=agency)
     from PIL import Image
 
     noface = home / "wall.png"

@@ -194,3 +194,23 @@ def test_supervisor_oversight_and_case_pdf(live: Live) -> None:
     with live.client("sup_a") as c:
         flags = c.get("/api/v1/oversight").json()["flags"]
     assert any(f["kind"] == "same_face_different_cases" for f in flags)
+
+
+def test_a_granted_gallery_becomes_searchable_by_the_other_agency(live: Live) -> None:
+    data = {"gallery": "bookings-a", "case_number": CASE, "purpose": PURPOSE}
+    with live.client("inv_c") as c:
+        assert all(g["name"] != "bookings-b" for g in c.get("/api/v1/galleries").json()["galleries"])
+        with open(live.probe, "rb") as fh:
+            r = c.post("/api/v1/searches", data={**data, "gallery": "bookings-b"},
+                       files={"image": ("p.jpg", fh, "image/jpeg")})
+        assert r.status_code == 404
+    with live.client("root") as c:
+        assert c.post("/api/v1/galleries/bookings-b/grants", json={"agency": "Agency C"}).status_code == 201
+    with live.client("inv_c") as c:
+        assert any(g["name"] == "bookings-b" and not g["own"] for g in c.get("/api/v1/galleries").json()["galleries"])
+        with open(live.probe, "rb") as fh:
+            r = c.post("/api/v1/searches", data={**data, "gallery": "bookings-b"},
+                       files={"image": ("p.jpg", fh, "image/jpeg")})
+        assert r.status_code == 200, r.text
+    actions = {a for (a,) in live.sql("select distinct action from audit_log")}
+    assert {"gallery_grant", "ingest"} <= actions

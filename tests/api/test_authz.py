@@ -43,6 +43,8 @@ ENDPOINTS = [
     Endpoint("add user", Perm.USER_MANAGE, False, lambda c, x: c.post("/api/v1/users", json={
         "username": f"new_user_{next(_seq)}", "password": PASSWORD,
         "role": "agency_admin" if x["role"] == "sysadmin" else "investigator", "agency": "Agency A"})),
+    Endpoint("grant gallery", Perm.GALLERY_GRANT, False, lambda c, x: c.post(
+        "/api/v1/galleries/bookings-a/grants", json={"agency": "Agency C"})),
     Endpoint("verify audit", Perm.AUDIT_VERIFY, False, lambda c, x: c.get("/api/v1/audit/verify")),
     Endpoint("oversight", Perm.OVERSIGHT_READ, False, lambda c, x: c.get("/api/v1/oversight")),
     Endpoint("case export", Perm.CASE_EXPORT, True, lambda c, x: c.get(f"/api/v1/cases/{CASE}/export.pdf")),

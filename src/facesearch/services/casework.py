@@ -340,3 +340,16 @@ class Oversight:
                               target=f"case:{len(case_number)}-chars", outcome=AuditOutcome.SUCCESS,
                               request_id=request_id, details={"searches": len(searches)})
         return pdf
+
+
+def grant_gallery(ctx: AppContext, gallery: str, agency: str, actor: str, request_id: str | None = None) -> None:
+    """Let another agency search a gallery (system administrators only, through the API)."""
+    from facesearch.store.repository import utcnow
+
+    target = Accounts(ctx).agency(agency)
+    with ctx.repo() as repo:
+        g = repo.get_gallery(gallery)
+        if repo.s.get(GalleryGrant, (g.id, target.id)) is None:
+            repo.s.add(GalleryGrant(gallery_id=g.id, agency_id=target.id, granted_at=utcnow()))
+    ctx.audit.append(AuditAction.GALLERY_GRANT, actor=actor, agency=target.name, target=f"gallery:{gallery}",
+                     outcome=AuditOutcome.SUCCESS, request_id=request_id)

@@ -22,8 +22,9 @@ from pathlib import Path
 import numpy as np
 
 from facesearch.config import Settings
+from facesearch.audit import AuditAction, AuditOutcome
 from facesearch.errors import (
-    FaceSearchError, InvalidInput, MissingLegalBasis, ModelMismatch, PathNotFound,
+    Conflict, FaceSearchError, InvalidInput, MissingLegalBasis, ModelMismatch, PathNotFound,
 )
 from facesearch.pipeline.decode import image_sha256, read_image
 from facesearch.pipeline.build import build_pipeline
@@ -154,7 +155,10 @@ class IngestService:
     def ingest(
         self, items: list[IngestItem], *, gallery: str, legal_basis: str | None = None,
         progress: ProgressFn | None = None, workers: int | None = None, collector: str | None = None,
+        agency: str | None = None,
     ) -> IngestSummary:
+        """``agency``: the agency a new gallery belongs to (an existing gallery must already
+        belong to it); galleries without an agency are reachable from the CLI only."""
         settings = self.ctx.settings
         workers = workers or settings.workers
         summary = IngestSummary()
@@ -173,8 +177,15 @@ class IngestService:
                     f"ingest refused: no legal basis for gallery {gallery!r}; give --legal-basis "
                     "or a legal_basis column for every manifest row"
                 )
+            agency_id = None
+            if agency is not None:
+                from facesearch.services.accounts import Accounts
+
+                agency_id = Accounts(self.ctx).agency(agency).id
+                if g is not None and g.agency_id != agency_id:
+                    raise Conflict(f"gallery {gallery!r} belongs to another agency (or to none)")
             if g is None:
-                g = repo.create_gallery(gallery, model_id, (legal_basis or "").strip() or None)
+                g = repo.create_gallery(gallery, model_id, (legal_basis or "").strip() or None, agency_id)
             key, _ = self.ctx.index_for(repo, g.id, model_id)
         total = len(items)
         done = 0
@@ -280,6 +291,11 @@ class IngestService:
             self.ctx.indexes.maybe_upgrade(repo, key, self.ctx.dim_of(model_id))
         if progress:
             progress(total, total, summary)
+        self.ctx.audit.append(
+            AuditAction.INGEST, actor=collector or "cli", agency=agency, target=f"gallery:{g.name}",
+            outcome=AuditOutcome.SUCCESS, request_id=None,
+            details={"images": summary.images, "ingested": summary.ingested, "faces": summary.faces,
+                     "errors": summary.errors, "duplicates": summary.duplicates})
         return summary
 
     def _model_id(self) -> str:

@@ -26,6 +26,7 @@ class GalleryInfo:
     model_id: str
     legal_basis: str | None
     created_at: datetime
+    agency_id: int | None = None
 
 
 @dataclass(frozen=True)
@@ -60,7 +61,7 @@ class FaceRecord:
 
 
 def _info(g: Gallery) -> GalleryInfo:
-    return GalleryInfo(g.id, g.name, g.model_id, g.legal_basis, g.created_at)
+    return GalleryInfo(g.id, g.name, g.model_id, g.legal_basis, g.created_at, g.agency_id)
 
 
 class Repository:
@@ -84,8 +85,9 @@ class Repository:
         g = self.s.scalar(select(Gallery).where(Gallery.name == name))
         return _info(g) if g else None
 
-    def create_gallery(self, name: str, model_id: str, legal_basis: str | None) -> GalleryInfo:
-        g = Gallery(name=name, model_id=model_id, legal_basis=legal_basis, created_at=utcnow())
+    def create_gallery(self, name: str, model_id: str, legal_basis: str | None,
+                       agency_id: int | None = None) -> GalleryInfo:
+        g = Gallery(name=name, model_id=model_id, legal_basis=legal_basis, created_at=utcnow(), agency_id=agency_id)
         self.s.add(g)
         self.s.flush()
         return _info(g)

@@ -46,6 +46,20 @@ def add_user(body: UserIn, ctx: CtxDep, principal: allowed_principal(Perm.USER_M
                                   actor=principal.username, actor_agency_id=scope).to_json()
 
 
+class GrantIn(BaseModel):
+    agency: str
+
+
+@router.post("/galleries/{name}/grants", status_code=201)
+def grant(name: str, body: GrantIn, ctx: CtxDep, rid: RequestId,
+          principal: allowed_principal(Perm.GALLERY_GRANT)) -> dict[str, object]:
+    """Share a gallery with another agency."""
+    from facesearch.services.casework import grant_gallery
+
+    grant_gallery(ctx, name, body.agency, actor=principal.username, request_id=rid)
+    return {"gallery": name, "agency": body.agency}
+
+
 @router.get("/audit/verify")
 def audit_verify(ctx: CtxDep, rid: RequestId, principal: allowed_principal(Perm.AUDIT_VERIFY)) -> dict[str, object]:
     """Check the whole audit chain; reports the first broken link."""
