@@ -193,3 +193,12 @@ class SearchNotFound(NotFound):
 
 
 ALL_ERRORS = (*ALL_ERRORS, Forbidden, CaseNumberRejected, PurposeRejected, Conflict, SearchNotFound)
+
+
+class CsrfRejected(Forbidden):
+    """A state-changing form came without the session's CSRF token (or with a wrong one)."""
+
+    code = "csrf_rejected"
+
+
+ALL_ERRORS = (*ALL_ERRORS, CsrfRejected)

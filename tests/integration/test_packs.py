@@ -120,6 +120,12 @@ def test_reembed_moves_a_gallery_and_search_uses_its_model(tmp_path: Path, dev_l
         from facesearch.services.casework import Oversight
 
         assert "non-commercial research" in Oversight(fs.ctx)._pack_notice("g")
+        # ... and so does the web UI's footer of anyone who can reach it
+        from facesearch.auth.permissions import Principal, Role
+        from facesearch.services.casework import model_notices
+
+        root = Principal(1, "x", "root", Role.SYSADMIN, None, None)
+        assert any("non-commercial research" in n for n in model_notices(fs.ctx, root))
         # a probe embedded by the old model is refused by the re-embedded gallery
         old = build_pipeline(Settings(home=home)).analyze(read_image(probe, max_pixels=10**8).rgb)
         from facesearch.services.search import SearchRequest, SearchService

@@ -11,7 +11,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, H
 
 from facesearch import __version__
 from facesearch.api import errors
-from facesearch.api.routes import admin, auth, bootstrap, searches
+from facesearch.api.routes import admin, auth, bootstrap, searches, web
 from facesearch.config import Settings
 from facesearch.services.context import AppContext
 
@@ -64,4 +64,5 @@ def create_app(settings: Settings, ctx: AppContext | None = None) -> FastAPI:
     app.include_router(searches.router)
     app.include_router(admin.router)
     app.include_router(bootstrap.router)
+    app.include_router(web.router)
     return app

@@ -353,3 +353,17 @@ def grant_gallery(ctx: AppContext, gallery: str, agency: str, actor: str, reques
             repo.s.add(GalleryGrant(gallery_id=g.id, agency_id=target.id, granted_at=utcnow()))
     ctx.audit.append(AuditAction.GALLERY_GRANT, actor=actor, agency=target.name, target=f"gallery:{gallery}",
                      outcome=AuditOutcome.SUCCESS, request_id=request_id)
+
+
+def model_notices(ctx: AppContext, p: Principal) -> tuple[str, ...]:
+    """The licence notices of restricted model packs behind the galleries this user can reach
+    (and of the configured pack): shown in the web UI's footer."""
+    with ctx.repo() as repo:
+        q = select(Gallery.model_id).distinct()
+        if p.agency_id is not None:
+            q = q.where(or_(Gallery.agency_id == p.agency_id, Gallery.id.in_(
+                select(GalleryGrant.gallery_id).where(GalleryGrant.agency_id == p.agency_id))))
+        models = set(repo.s.scalars(q))
+    packs = {ctx.packs.for_embedder(m).id: ctx.packs.for_embedder(m) for m in models}
+    packs.setdefault(ctx.settings.model, ctx.packs.get(ctx.settings.model))
+    return tuple(sorted(n for n in (pk.notice() for pk in packs.values()) if n))
