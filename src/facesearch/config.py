@@ -55,6 +55,10 @@ class Settings(BaseSettings):
     top_k: int = 10
     threshold: float | None = None  # default: from the model's calibration
 
+    # field encryption (store/crypto.py): FACESEARCH_KEY (base64) or a 0600 key file
+    key: str | None = None
+    key_file: Path | None = None  # default: <home>/keys/field.key
+
     # service
     token_ttl_s: int = 15 * 60  # bearer tokens issued by POST /api/v1/auth/login
     max_upload_bytes: int = 20 * 1024 * 1024

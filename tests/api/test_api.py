@@ -86,9 +86,17 @@ def test_bad_uploads_get_clear_4xx(live: Live) -> None:
     with live.client("inv_a1") as c:
         r = c.post("/api/v1/searches", data=base, files={"image": ("x.jpg", b"not an image at all", "image/jpeg")})
         assert r.status_code == 422 and r.json()["error"]["code"] == "not_an_image"
+        before = live.sql("select count(*) from searches")[0][0]
         with open(live.noface, "rb") as fh:
             r = c.post("/api/v1/searches", data=base, files={"image": ("wall.png", fh, "image/png")})
         assert r.status_code == 422 and r.json()["error"]["code"] == "no_face"
+        # a refusal writes nothing but its audit record
+        assert live.sql("select count(*) from searches")[0][0] == before
+        assert live.sql("select outcome, details from audit_log order by seq desc limit 1")[0][0] == "failure"
+        with open(live.probe, "rb") as fh:
+            r = c.post("/api/v1/searches", data={**base, "face_index": "3"},
+                       files={"image": ("p.jpg", fh, "image/jpeg")})
+        assert r.status_code == 422 and r.json()["error"]["code"] == "face_index_out_of_range"
         r = c.post("/api/v1/searches", data=base)
         assert r.status_code == 422 and r.json()["error"]["code"] == "invalid_request"
         big = b"\xff\xd8\xff" + b"\0" * (21 * 1024 * 1024)
@@ -187,8 +195,13 @@ def test_supervisor_oversight_and_case_pdf(live: Live) -> None:
 
     import pypdf
 
-    text = " ".join(page.extract_text() for page in pypdf.PdfReader(BytesIO(pdf.content)).pages)
+    reader = pypdf.PdfReader(BytesIO(pdf.content))
+    text = " ".join(page.extract_text() for page in reader.pages)
     assert CASE in text and "investigative leads" in text and "dlib_John_Simm" in text
+    assert sum(len(page.images) for page in reader.pages) >= 2  # probe and candidate thumbnails
+    # the probe is kept encrypted: its JPEG never appears in the database
+    blob = live.sql("select ciphertext from probe_images limit 1")[0][0]
+    assert bytes(blob)[:1] == b"\x01" and b"JFIF" not in bytes(blob)
     # a second case number for the same photo is flagged
     search(live, "inv_a1", case_number="2026-000999")
     with live.client("sup_a") as c:

@@ -160,7 +160,9 @@ class Casework:
             result = SearchService(self.ctx).search_image(
                 decoded, SearchRequest(gallery=g.name, case_number=case, purpose=why, top_k=10,
                                        face_index=face_index),
-                agency_id=p.agency_id, user_id=p.user_id, authorization_ref=(authorization_ref or None))
+                agency_id=p.agency_id, user_id=p.user_id, authorization_ref=(authorization_ref or None),
+                record_no_face=False)
+            self._store_probe(result.search_id, decoded.rgb)
         except FaceSearchError as e:
             self.ctx.audit.append(AuditAction.SEARCH, actor=p.username, agency=p.agency_name, target=target,
                                   outcome=AuditOutcome.FAILURE, request_id=request_id,
@@ -171,6 +173,33 @@ class Casework:
                               request_id=request_id,
                               details={"gallery": g.name, "candidates": len(result.faces[0].candidates)})
         return self._view_of_result(result, p)
+
+    def _store_probe(self, search_pk: int, rgb) -> None:  # noqa: ANN001
+        """Keep the probe for review and the case export: re-encoded as JPEG (which drops all
+        metadata) and encrypted with the field key; never written as a plain file."""
+        import io
+
+        from PIL import Image as PILImage
+
+        from facesearch.store.tables import ProbeImage
+
+        buf = io.BytesIO()
+        PILImage.fromarray(rgb).save(buf, format="JPEG", quality=90)
+        blob = self.ctx.cipher.encrypt(buf.getvalue(), aad=f"probe:{search_pk}")
+        with self.ctx.repo() as repo:
+            repo.s.add(ProbeImage(search_id=search_pk, ciphertext=blob, created_at=self.accounts.clock()))
+
+    def probe_jpeg(self, p: Principal, search_id: str) -> bytes | None:
+        """The decrypted probe of one of the agency's searches (None when not kept)."""
+        from facesearch.store.tables import ProbeImage
+
+        require(p, Perm.SEARCH_READ)
+        with self.ctx.repo() as repo:
+            s = self._search_row(repo, p, search_id)
+            row = repo.s.get(ProbeImage, s.id)
+            if row is None:
+                return None
+            return self.ctx.cipher.decrypt(row.ciphertext, aad=f"probe:{s.id}")
 
     def _view_of_result(self, r: SearchResult, p: Principal) -> SearchView:
         face = r.faces[0]
@@ -325,7 +354,8 @@ class Oversight:
                                            thumb))
             searches.append(CaseSearch(
                 search_id=v.search_id, at=v.at, user=v.searched_by or "", gallery=v.gallery or "",
-                purpose=v.purpose, authorization_ref=v.authorization_ref, probe_jpeg=None,
+                purpose=v.purpose, authorization_ref=v.authorization_ref,
+                probe_jpeg=self.casework.probe_jpeg(p, v.search_id),
                 threshold=v.threshold, threshold_meaning=v.threshold_meaning, candidates=cands,
                 reviews=[CaseReview(r.candidate_id, r.reviewer, r.decision, r.note, r.at) for r in v.reviews],
                 status=v.status))

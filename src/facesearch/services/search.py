@@ -110,13 +110,16 @@ class SearchService:
         return [faces[i]]
 
     def search_image(self, image: DecodedImage, req: SearchRequest, *, agency_id: int | None = None,
-                     user_id: int | None = None, authorization_ref: str | None = None) -> SearchResult:
+                     user_id: int | None = None, authorization_ref: str | None = None,
+                     record_no_face: bool = True) -> SearchResult:
         """Search with a probe photo, embedded by the model the gallery is bound to."""
         require_case_info(req.case_number, req.purpose)
         with self.ctx.repo() as repo:
             g = repo.get_gallery(req.gallery)
         pipeline = self.ctx.pipeline_for_model(g.model_id)  # refuses a pack whose licence is not accepted
         probes = self.probe_faces(image, req, pipeline)
+        if not probes and not record_no_face:
+            raise NoFaceFound("no face found in the probe image")
         return self.search_faces(probes, req, probe_sha256=image.info.sha256, agency_id=agency_id,
                                  user_id=user_id, authorization_ref=authorization_ref)
 

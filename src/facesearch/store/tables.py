@@ -169,3 +169,12 @@ class Review(Base):
     decision: Mapped[str] = mapped_column(String(10))
     note: Mapped[str] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class ProbeImage(Base):
+    """A service search's probe, re-encoded as JPEG (no metadata) and encrypted."""
+
+    __tablename__ = "probe_images"
+    search_id: Mapped[int] = mapped_column(ForeignKey("searches.id", ondelete="CASCADE"), primary_key=True)
+    ciphertext: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
