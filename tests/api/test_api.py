@@ -227,3 +227,12 @@ def test_a_granted_gallery_becomes_searchable_by_the_other_agency(live: Live) ->
         assert r.status_code == 200, r.text
     actions = {a for (a,) in live.sql("select distinct action from audit_log")}
     assert {"gallery_grant", "ingest"} <= actions
+
+
+def test_framework_errors_use_the_error_catalogue_format(live: Live) -> None:
+    r = httpx.get(f"{live.url}/api/v1/no-such-route")
+    assert r.status_code == 404 and r.json()["error"]["code"] == "not_found"
+    r = httpx.delete(f"{live.url}/api/v1/searches")
+    assert r.status_code == 405 and r.json()["error"]["code"] == "method_not_allowed"
+    r = httpx.post(f"{live.url}/api/v1/agencies", content=b"\xff\x1d", headers={"Content-Type": "application/json"})
+    assert r.status_code in (400, 401, 422) and "error" in r.json()

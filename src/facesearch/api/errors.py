@@ -8,6 +8,7 @@ import logging
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from facesearch.errors import AccountLocked, AuthenticationFailed, FaceSearchError
 
@@ -27,6 +28,15 @@ def install(app: FastAPI) -> None:
         if isinstance(exc, AuthenticationFailed):
             headers["WWW-Authenticate"] = "Bearer"
         return JSONResponse(error_body(exc.code, exc.message), status_code=exc.http_status, headers=headers)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        # the framework's own answers (unknown route, wrong method, unparsable body) in our format
+        codes = {400: "bad_request", 401: "unauthenticated", 403: "forbidden", 404: "not_found",
+                 405: "method_not_allowed", 413: "too_large"}
+        message = exc.detail if isinstance(exc.detail, str) else "the request was refused"
+        return JSONResponse(error_body(codes.get(exc.status_code, "http_error"), message),
+                            status_code=exc.status_code, headers=getattr(exc, "headers", None))
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:

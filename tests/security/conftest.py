@@ -1,0 +1,93 @@
+"""A live server for the fuzz tests: the same provisioned home as the API suite (SQLite), but the
+server's stderr goes to a file so that a 500's traceback can be shown next to the failing request
+(and so that a chatty server can never block on a full, unread pipe)."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import httpx
+import pytest
+
+from tests.api.conftest import FAST_ARGON2, Account, _free_port, login, provision
+
+
+@dataclass
+class FuzzServer:
+    url: str
+    home: Path
+    accounts: dict[str, Account]
+    stderr_path: Path
+    probe: Path  # a photo of a subject in gallery bookings-a
+
+    def token(self, who: str) -> str:
+        """A fresh bearer token (not cached: a fuzz run may revoke the one it was given)."""
+        return login(self.url, self.accounts[who])
+
+    def stderr_tail(self, start: int = 0, limit: int = 8000) -> str:
+        """The server's stderr from byte ``start`` on, at most ``limit`` characters (the end)."""
+        with self.stderr_path.open("rb") as fh:
+            fh.seek(start)
+            return fh.read().decode(errors="replace")[-limit:]
+
+    def stderr_size(self) -> int:
+        return self.stderr_path.stat().st_size
+
+
+@pytest.fixture(scope="session")
+def fuzz_server(tmp_path_factory: pytest.TempPathFactory, dev_labels) -> FuzzServer:  # noqa: ANN001
+    home = tmp_path_factory.mktemp("fuzz-home")
+    accounts, probe, _noface = provision(home, dev_labels, None)
+    port = _free_port()
+    # no operator FACESEARCH_* settings leak in (a database URL, a device): only this home
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FACESEARCH_")}
+    env.update(FAST_ARGON2, FACESEARCH_HOME=str(home))
+    stderr_path = home / "server.stderr.log"
+    with stderr_path.open("wb") as err:
+        proc = subprocess.Popen([sys.executable, "-m", "facesearch.cli", "serve", "--port", str(port)],
+                                env=env, stdout=subprocess.DEVNULL, stderr=err)
+    url = f"http://127.0.0.1:{port}"
+    server = FuzzServer(url, home, accounts, stderr_path, probe)
+    deadline = time.time() + 60
+    try:
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"server exited: {server.stderr_tail(limit=2000)}")
+            try:
+                if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.time() > deadline:
+                raise RuntimeError("server did not start in 60 s")
+            time.sleep(0.2)
+        yield server
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+_REPORT = pytest.StashKey[list]()
+
+
+@pytest.fixture
+def fuzz_report(request: pytest.FixtureRequest) -> Callable[[str], None]:
+    """Adds a line to the terminal summary: shown with or without ``-s``."""
+    return request.config.stash.setdefault(_REPORT, []).append
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config: pytest.Config) -> None:  # noqa: ANN001
+    lines = config.stash.get(_REPORT, [])
+    if lines:
+        terminalreporter.section("schema fuzzing")
+        for line in lines:
+            terminalreporter.write_line(line)
