@@ -236,6 +236,44 @@ def gallery_stats_cmd(name: str, as_json: bool, home: str | None) -> None:
                    f"{s.no_face_images} images without a usable face (model {s.model_id})")
 
 
+@gallery.command("retention")
+@click.argument("name")
+@click.option("--days", type=click.IntRange(1), default=None,
+              help="Keep images this many days after collection (omit to keep them until erased).")
+@_home_option
+@_domain_errors
+def gallery_retention_cmd(name: str, days: int | None, home: str | None) -> None:
+    """Set a gallery's retention period; `facesearch retention run` applies it."""
+    from facesearch.services.context import AppContext
+    from facesearch.services.retention import set_gallery_retention
+
+    set_gallery_retention(AppContext(_settings(home)), name, days)
+    click.echo(f"gallery {name}: " + (f"images kept {days} days after collection" if days else "no retention limit"))
+
+
+@main.group()
+def retention() -> None:
+    """The retention schedule."""
+
+
+@retention.command("run")
+@click.option("--json", "as_json", is_flag=True)
+@_home_option
+@_domain_errors
+def retention_run(as_json: bool, home: str | None) -> None:
+    """Delete what the retention schedule says has expired (probes, search records, gallery
+    images past their gallery's period); the audit trail is kept."""
+    from facesearch.services.context import AppContext
+    from facesearch.services.retention import run_retention
+
+    report = run_retention(AppContext(_settings(home)), actor="cli")
+    if as_json:
+        _emit_json(report.to_json())
+    else:
+        click.echo(f"retention: {report.probes_deleted} probes, {report.searches_deleted} search records, "
+                   f"{report.images_deleted} images ({report.faces_deleted} faces) deleted")
+
+
 @gallery.command("grant")
 @click.argument("name")
 @click.option("--agency", "agency_name", required=True, help="The agency that may search this gallery.")

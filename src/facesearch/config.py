@@ -59,6 +59,11 @@ class Settings(BaseSettings):
     key: str | None = None
     key_file: Path | None = None  # default: <home>/keys/field.key
 
+    # retention (services/retention.py); the audit trail is never purged by these
+    probe_retention_days: int = 90
+    search_retention_days: int = 365
+    retention_interval_s: int = 24 * 3600  # how often the server runs the schedule
+
     # service
     token_ttl_s: int = 15 * 60  # bearer tokens issued by POST /api/v1/auth/login
     max_upload_bytes: int = 20 * 1024 * 1024

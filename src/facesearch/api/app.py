@@ -2,6 +2,8 @@
 routes; ``facesearch serve`` runs it with uvicorn."""
 from __future__ import annotations
 
+import asyncio
+import logging
 import secrets
 import time
 from contextlib import asynccontextmanager
@@ -16,6 +18,18 @@ from facesearch.config import Settings
 from facesearch.services.context import AppContext
 
 
+async def _retention_schedule(ctx: AppContext) -> None:
+    """The retention schedule inside the server: run at start, then every interval."""
+    from facesearch.services.retention import run_retention
+
+    while True:
+        try:
+            await asyncio.to_thread(run_retention, ctx)
+        except Exception:  # noqa: BLE001 - logged; the schedule keeps going
+            logging.getLogger("facesearch.retention").exception("retention run failed")
+        await asyncio.sleep(ctx.settings.retention_interval_s)
+
+
 def create_app(settings: Settings, ctx: AppContext | None = None) -> FastAPI:
     ctx = ctx or AppContext(settings)
     registry = CollectorRegistry()
@@ -26,7 +40,9 @@ def create_app(settings: Settings, ctx: AppContext | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):  # noqa: ANN202
+        task = asyncio.create_task(_retention_schedule(ctx))
         yield
+        task.cancel()
         ctx.close()
 
     app = FastAPI(title="facesearch", version=__version__, lifespan=lifespan,

@@ -23,6 +23,7 @@ class Gallery(Base):
     model_id: Mapped[str] = mapped_column(String(100))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     agency_id: Mapped[int | None] = mapped_column(ForeignKey("agencies.id", ondelete="CASCADE"))
+    retention_days: Mapped[int | None] = mapped_column(Integer)  # None: kept until erased
 
 
 class Image(Base):
