@@ -59,6 +59,10 @@ class Settings(BaseSettings):
     key: str | None = None
     key_file: Path | None = None  # default: <home>/keys/field.key
 
+    # the public transparency notice (GET /transparency)
+    operator_name: str = "the operator of this facesearch installation"
+    privacy_contact: str = "the operator's data protection officer"
+
     # retention (services/retention.py); the audit trail is never purged by these
     probe_retention_days: int = 90
     search_retention_days: int = 365

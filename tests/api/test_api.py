@@ -236,3 +236,14 @@ def test_framework_errors_use_the_error_catalogue_format(live: Live) -> None:
     assert r.status_code == 405 and r.json()["error"]["code"] == "method_not_allowed"
     r = httpx.post(f"{live.url}/api/v1/agencies", content=b"\xff\x1d", headers={"Content-Type": "application/json"})
     assert r.status_code in (400, 401, 422) and "error" in r.json()
+
+
+def test_public_transparency_notice_is_generated_from_the_configuration(live: Live) -> None:
+    n = httpx.get(f"{live.url}/api/v1/transparency").json()  # no sign-in
+    assert n["holdings"]["galleries"] >= 2 and n["holdings"]["images"] >= 9
+    assert any("State booking records, statute 12-3" in g["legal_bases"] for g in n["holdings"]["by_gallery"])
+    assert n["retention"]["probe_images_days"] == 90 and n["retention"]["search_records_days"] == 365
+    page = httpx.get(f"{live.url}/transparency")
+    assert page.status_code == 200 and "Transparency notice" in page.text and "90 days" in page.text
+    for secret in ("Agency A", "inv_a1", CASE):  # no client list, no users, no cases
+        assert secret not in page.text and secret not in str(n)

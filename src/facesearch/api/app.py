@@ -13,7 +13,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, H
 
 from facesearch import __version__
 from facesearch.api import errors
-from facesearch.api.routes import admin, auth, bootstrap, searches, web
+from facesearch.api.routes import admin, auth, bootstrap, searches, transparency, web
 from facesearch.config import Settings
 from facesearch.services.context import AppContext
 
@@ -81,4 +81,5 @@ def create_app(settings: Settings, ctx: AppContext | None = None) -> FastAPI:
     app.include_router(admin.router)
     app.include_router(bootstrap.router)
     app.include_router(web.router)
+    app.include_router(transparency.router)
     return app
