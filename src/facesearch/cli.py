@@ -251,6 +251,40 @@ def gallery_retention_cmd(name: str, days: int | None, home: str | None) -> None
     click.echo(f"gallery {name}: " + (f"images kept {days} days after collection" if days else "no retention limit"))
 
 
+@main.command()
+@click.option("--photo", "photos", multiple=True, required=True, type=click.Path(path_type=Path),
+              help="A photo of the person (repeat for several).")
+@click.option("--yes", is_flag=True, help="Erase the matches without asking.")
+@click.option("--json", "as_json", is_flag=True)
+@_home_option
+@_domain_errors
+def erase(photos: tuple[Path, ...], yes: bool, as_json: bool, home: str | None) -> None:
+    """Erase a person by their photo from every gallery, and keep them suppressed."""
+    import getpass
+
+    from facesearch.services.context import AppContext
+    from facesearch.services.erasure import erase as do_erase
+    from facesearch.services.erasure import find_matches
+
+    ctx = AppContext(_settings(home))
+    matches, probes = find_matches(ctx, list(photos))
+    if not as_json:
+        click.echo(f"{len(matches)} image(s) match across {len({m.gallery for m in matches})} gallery(ies):")
+        for m in matches:
+            click.echo(f"  {m.gallery} image {m.image_id} {m.subject or ''} score {m.score:.3f} {m.path or ''}")
+    if not yes and not (matches and click.confirm("Erase these images and suppress this person?", default=False)):
+        if as_json:
+            _emit_json({"erased": 0, "matches": [m.to_json() for m in matches], "request_id": None})
+        else:
+            click.echo("nothing erased (confirm, or pass --yes)")
+        return
+    rid = do_erase(ctx, matches, probes, actor=getpass.getuser())
+    if as_json:
+        _emit_json({"erased": len(matches), "matches": [m.to_json() for m in matches], "request_id": rid})
+    else:
+        click.echo(f"erased {len(matches)} image(s); request {rid}; the person is on the suppression list")
+
+
 @main.group()
 def retention() -> None:
     """The retention schedule."""

@@ -186,6 +186,7 @@ class IngestSummary:
     faces: int = 0
     no_face: int = 0
     rejected_quality: int = 0  # faces not stored because of quality
+    suppressed: int = 0  # images skipped: they show an erased person (suppression list)
     errors: int = 0
     reasons: dict[str, int] = field(default_factory=dict)
     error_details: list[dict[str, str]] = field(default_factory=list)
@@ -201,6 +202,7 @@ class IngestSummary:
             "faces": self.faces,
             "no_face": self.no_face,
             "rejected_quality": self.rejected_quality,
+            "suppressed": self.suppressed,
             "errors": self.errors,
             "reasons": dict(sorted(self.reasons.items())),
             "error_details": self.error_details,

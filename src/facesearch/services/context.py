@@ -68,6 +68,9 @@ class AppContext:
         self.indexes = IndexManager(settings.index_dir, settings.exact_max, settings.ann_target_recall)
         self._pipelines: dict[str, FacePipeline] = {}
         self._lock = threading.Lock()
+        from facesearch.services.erasure import resume_pending
+
+        resume_pending(self)  # an interrupted erasure completes before anything else reads the index
 
     @property
     def pipeline(self) -> FacePipeline:

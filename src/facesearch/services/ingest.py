@@ -187,6 +187,9 @@ class IngestService:
             if g is None:
                 g = repo.create_gallery(gallery, model_id, (legal_basis or "").strip() or None, agency_id)
             key, _ = self.ctx.index_for(repo, g.id, model_id)
+        from facesearch.services.erasure import Suppressions
+
+        suppressions = Suppressions(self.ctx, model_id)
         total = len(items)
         done = 0
         last_save = time.monotonic()
@@ -199,6 +202,10 @@ class IngestService:
                 self.stage_seconds[k] = self.stage_seconds.get(k, 0.0) + v
             if a.info is None:
                 self._error(summary, item.path, a.error_code or "error", a.error or "unreadable")
+                return
+            if any(suppressions.matches(f.embedding) for f in a.faces):
+                summary.suppressed += 1  # an erased person: neither the image nor its faces are kept
+                summary.add_reason("suppressed")
                 return
             ok = [f for f in a.faces if f.quality.acceptable]
             rejected = [f for f in a.faces if not f.quality.acceptable]

@@ -1,0 +1,183 @@
+"""Erasure by face, and the suppression list.
+
+A person is found by their photo(s) in every gallery (an exact scan of each gallery's stored
+embeddings, above the model's calibrated threshold), a person confirms the matches, and the
+images, faces, embeddings and index entries are deleted. The request is written first (with
+the person's suppression entry), so an erasure interrupted at any point is completed by the
+next start; the index entries are removed before the rows, and an index that disagrees with
+the database is only rebuilt after pending erasures are completed. The suppression list keeps
+only the person's embedding, encrypted; later ingests skip matching faces.
+"""
+from __future__ import annotations
+
+import json
+import os
+import secrets
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+from sqlalchemy import select, update
+
+from facesearch.audit import AuditAction, AuditOutcome
+from facesearch.errors import FaceSearchError, NoFaceFound
+from facesearch.index.manager import IndexKey
+from facesearch.pipeline.decode import read_image
+from facesearch.services.context import AppContext
+from facesearch.store.tables import ErasureRequest, Face, Gallery, Image, Suppression
+
+
+@dataclass(frozen=True)
+class ErasureMatch:
+    gallery: str
+    gallery_id: int
+    model_id: str
+    image_id: int
+    subject: str | None
+    path: str | None
+    score: float
+
+    def to_json(self) -> dict[str, object]:
+        return {"gallery": self.gallery, "image_id": self.image_id, "subject": self.subject, "path": self.path,
+                "score": round(self.score, 4)}
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def _probe_embeddings(ctx: AppContext, photos: list[Path], model_id: str) -> np.ndarray:
+    pipeline = ctx.pipeline_for_model(model_id)
+    s = ctx.settings
+    out = []
+    for p in photos:
+        faces = pipeline.analyze(read_image(p, max_pixels=s.max_pixels, max_bytes=s.max_file_bytes).rgb)
+        if not faces:
+            raise NoFaceFound(f"no face found in {p}")
+        out.append(faces[0].embedding)
+    return np.stack(out)
+
+
+def find_matches(ctx: AppContext, photos: list[Path]) -> tuple[list[ErasureMatch], dict[str, np.ndarray]]:
+    """Every stored face of the person across all galleries; also the probe embeddings per model."""
+    with ctx.repo() as repo:
+        galleries = [(g.id, g.name, g.model_id) for g in repo.s.scalars(select(Gallery).order_by(Gallery.id))]
+    probes: dict[str, np.ndarray] = {}
+    matches: list[ErasureMatch] = []
+    for gid, name, model in galleries:
+        if model not in probes:
+            probes[model] = _probe_embeddings(ctx, photos, model)
+        threshold = ctx.threshold_for(model).value
+        best: dict[int, float] = {}
+        with ctx.repo() as repo:
+            for ids, vecs in repo.iter_embeddings(gid, model):
+                scores = (vecs @ probes[model].T).max(axis=1)
+                for fid, sc in zip(ids[scores > threshold], scores[scores > threshold]):
+                    best[int(fid)] = float(sc)
+            if best:
+                rows = repo.s.execute(select(Face.id, Image.id, Image.subject, Image.original_path)
+                                      .join(Image, Image.id == Face.image_id).where(Face.id.in_(list(best)))).all()
+                per_image: dict[int, ErasureMatch] = {}
+                for fid, iid, subj, path in rows:
+                    m = ErasureMatch(name, gid, model, iid, subj, path, best[fid])
+                    if iid not in per_image or m.score > per_image[iid].score:
+                        per_image[iid] = m
+                matches += sorted(per_image.values(), key=lambda m: -m.score)
+    return matches, probes
+
+
+def erase(ctx: AppContext, matches: list[ErasureMatch], probes: dict[str, np.ndarray], actor: str) -> str:
+    """Record the request and the suppression entries, then delete; returns the request id."""
+    rid = secrets.token_hex(16)
+    now = _now()
+    with ctx.repo() as repo:
+        req = ErasureRequest(public_id=rid, created_at=now, status="pending", actor=actor,
+                             images=json.dumps([[m.gallery_id, m.model_id, m.image_id] for m in matches]))
+        repo.s.add(req)
+        for model, emb in probes.items():
+            t = emb.mean(axis=0)
+            t = (t / (np.linalg.norm(t) + 1e-12)).astype(np.float32)
+            sid = secrets.token_hex(16)
+            repo.s.add(Suppression(public_id=sid, model_id=model, created_at=now,
+                                   ciphertext=ctx.cipher.encrypt(t.tobytes(), aad=f"suppression:{sid}")))
+        repo.s.flush()
+        req_id = req.id
+    complete(ctx, req_id)
+    ctx.audit.append(AuditAction.ERASURE, actor=actor, agency=None, target=f"erasure:{rid}",
+                     outcome=AuditOutcome.SUCCESS, request_id=None,
+                     details={"images": len(matches), "galleries": len({m.gallery_id for m in matches})})
+    return rid
+
+
+def complete(ctx: AppContext, req_id: int) -> None:
+    """Finish one erasure: index entries first (persisted), then the rows, then mark it done."""
+    with ctx.repo() as repo:
+        req = repo.s.get(ErasureRequest, req_id)
+        items = json.loads(req.images)
+    groups: dict[tuple[int, str], list[int]] = {}
+    for gid, model, iid in items:
+        groups.setdefault((gid, model), []).append(iid)
+    for (gid, model), image_ids in groups.items():
+        key = IndexKey(gid, model)
+        with ctx.repo() as repo:
+            face_ids = np.asarray(list(repo.s.scalars(select(Face.id).where(Face.image_id.in_(image_ids)))),
+                                  dtype=np.int64)
+            ctx.index_for(repo, gid, model)
+        ctx.indexes.remove(key, face_ids, max_id_after=-1)  # out of step on purpose until the rows go
+        _fault("after_index")
+        with ctx.repo() as repo:
+            for iid in image_ids:
+                repo.delete_image(iid)
+        with ctx.repo() as repo:
+            ctx.indexes.rebuild(repo, key, ctx.dim_of(model))  # now in step with the database
+    with ctx.repo() as repo:
+        repo.s.execute(update(ErasureRequest).where(ErasureRequest.id == req_id).values(status="done"))
+    if ctx.engine.dialect.name == "sqlite":  # overwrite what the write-ahead log still holds
+        with ctx.engine.connect() as conn:
+            conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+
+
+def resume_pending(ctx: AppContext) -> int:
+    with ctx.repo() as repo:
+        pending = list(repo.s.scalars(select(ErasureRequest.id).where(ErasureRequest.status == "pending")))
+    for req_id in pending:
+        complete(ctx, req_id)
+    return len(pending)
+
+
+def _fault(point: str) -> None:
+    """Fault injection for the crash test only (FACESEARCH_TEST_CRASH=<point>)."""
+    if os.environ.get("FACESEARCH_TEST_CRASH") == point:
+        os._exit(75)
+
+
+class Suppressions:
+    """The active suppression embeddings of one model, decrypted once per use."""
+
+    def __init__(self, ctx: AppContext, model_id: str) -> None:
+        with ctx.repo() as repo:
+            rows = repo.s.execute(select(Suppression.public_id, Suppression.ciphertext).where(
+                Suppression.model_id == model_id, Suppression.lifted_at.is_(None))).all()
+        self.vectors = (np.stack([np.frombuffer(ctx.cipher.decrypt(c, aad=f"suppression:{p}"), dtype=np.float32)
+                                  for p, c in rows]) if rows else None)
+        self.threshold = ctx.threshold_for(model_id).value
+
+    def matches(self, embedding: np.ndarray) -> bool:
+        return self.vectors is not None and bool((self.vectors @ embedding).max() > self.threshold)
+
+
+def lift(ctx: AppContext, suppression_id: str, actor: str) -> None:
+    with ctx.repo() as repo:
+        row = repo.s.scalar(select(Suppression).where(Suppression.public_id == suppression_id))
+        if row is None:
+            from facesearch.errors import NotFound
+
+            raise NotFound(f"suppression {suppression_id} does not exist")
+        row.lifted_at = _now()
+    ctx.audit.append(AuditAction.ERASURE, actor=actor, agency=None, target=f"suppression:{suppression_id}",
+                     outcome=AuditOutcome.SUCCESS, request_id=None, details={"change": "suppression_lifted"})
+
+
+__all__ = ["ErasureMatch", "FaceSearchError", "Suppressions", "complete", "erase", "find_matches", "lift",
+           "resume_pending"]
