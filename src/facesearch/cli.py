@@ -285,6 +285,63 @@ def erase(photos: tuple[Path, ...], yes: bool, as_json: bool, home: str | None) 
         click.echo(f"erased {len(matches)} image(s); request {rid}; the person is on the suppression list")
 
 
+@main.command("access-request")
+@click.option("--photo", "photos", multiple=True, required=True, type=click.Path(path_type=Path),
+              help="A photo of the person asking (repeat for several).")
+@click.option("--pdf", "pdf_out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Also write the report as a PDF to this file.")
+@_home_option
+@_domain_errors
+def access_request(photos: tuple[Path, ...], pdf_out: Path | None, home: str | None) -> None:
+    """What is held about a person, found by their photo: images, sources, legal bases, and how
+    many searches returned them (JSON on stdout; --pdf for the letter)."""
+    from facesearch.services.context import AppContext
+    from facesearch.services.erasure import access_report, access_report_pdf
+
+    report = access_report(AppContext(_settings(home)), list(photos))
+    if pdf_out:
+        pdf_out.write_bytes(access_report_pdf(report))
+    _emit_json(report.to_json())
+
+
+@main.group()
+def suppression() -> None:
+    """The suppression list of erased people."""
+
+
+@suppression.command("list")
+@_home_option
+@_domain_errors
+def suppression_list(home: str | None) -> None:
+    """Suppression entries (ids and dates only: the embeddings stay encrypted)."""
+    from sqlalchemy import select
+
+    from facesearch.services.context import AppContext
+    from facesearch.store.tables import Suppression
+
+    ctx = AppContext(_settings(home))
+    with ctx.repo() as repo:
+        rows = [{"id": r.public_id, "model": r.model_id, "created_at": r.created_at.isoformat(),
+                 "lifted_at": r.lifted_at.isoformat() if r.lifted_at else None}
+                for r in repo.s.scalars(select(Suppression).order_by(Suppression.id))]
+    _emit_json(rows)
+
+
+@suppression.command("lift")
+@click.argument("suppression_id")
+@_home_option
+@_domain_errors
+def suppression_lift(suppression_id: str, home: str | None) -> None:
+    """Lift a suppression (an audited administrator decision)."""
+    import getpass
+
+    from facesearch.services.context import AppContext
+    from facesearch.services.erasure import lift
+
+    lift(AppContext(_settings(home)), suppression_id, actor=getpass.getuser())
+    click.echo(f"suppression {suppression_id} lifted")
+
+
 @main.group()
 def retention() -> None:
     """The retention schedule."""

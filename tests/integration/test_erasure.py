@@ -104,3 +104,37 @@ def test_without_confirmation_nothing_is_erased(tmp_path: Path, dev_labels) -> N
     r = CliRunner().invoke(main, ["erase", "--photo", str(dev_labels[PERSON][3]), "--home", str(home)], input="n\n")
     assert r.exit_code == 0 and "nothing erased" in r.output and "3 image(s) match" in r.output
     assert len(_person_vectors(home)) == 3
+
+
+def test_access_request_report_and_lifting_a_suppression(tmp_path: Path, dev_labels) -> None:  # noqa: ANN001
+    from click.testing import CliRunner
+
+    from facesearch.cli import main
+
+    home = tmp_path / "h"
+    _setup(home, tmp_path, dev_labels)
+    with FaceSearch(home=home) as fs:  # one search returns the person
+        fs.search(dev_labels[PERSON][5], gallery="g1", case_number="C", purpose="p")
+    pdf = tmp_path / "report.pdf"
+    r = CliRunner().invoke(main, ["access-request", "--photo", str(dev_labels[PERSON][3]), "--pdf", str(pdf),
+                                  "--home", str(home)])
+    assert r.exit_code == 0, r.output
+    rep = json.loads(r.output)
+    assert rep["total_images"] == 3 and rep["suppressed"] is False
+    assert {i["legal_basis"] for i in rep["images"]} == {"statute 12-3"}
+    assert sum(i["searches_returned"] for i in rep["images"]) >= 1
+    assert "searcher" not in r.output and "case" not in json.dumps(rep["images"])
+    assert pdf.read_bytes().startswith(b"%PDF")
+    # erase, then lift the suppression: the photos may be ingested again
+    CliRunner().invoke(main, ["erase", "--photo", str(dev_labels[PERSON][3]), "--yes", "--home", str(home)])
+    sup = json.loads(CliRunner().invoke(main, ["suppression", "list", "--home", str(home)]).output)
+    assert len(sup) == 1 and sup[0]["lifted_at"] is None
+    r = CliRunner().invoke(main, ["suppression", "lift", sup[0]["id"], "--home", str(home)])
+    assert r.exit_code == 0
+    with FaceSearch(home=home, workers=1) as fs:
+        from facesearch.services.ingest import IngestItem
+
+        s = fs.ingest([IngestItem(path=str(dev_labels[PERSON][0]), subject=PERSON, legal_basis="x")], gallery="g1")
+        assert s.suppressed == 0 and s.ingested == 1
+        actions = [r.details.get("change") for r in fs.ctx.audit.records(action="erasure")]
+        assert "suppression_lifted" in actions

@@ -181,3 +181,75 @@ def lift(ctx: AppContext, suppression_id: str, actor: str) -> None:
 
 __all__ = ["ErasureMatch", "FaceSearchError", "Suppressions", "complete", "erase", "find_matches", "lift",
            "resume_pending"]
+
+
+@dataclass(frozen=True)
+class AccessReport:
+    """Everything held about a person found by their photo, for an access request. It says how
+    many searches returned each image, never who searched (that stays with the agencies' audit)."""
+
+    generated_at: datetime
+    images: tuple[dict[str, object], ...]
+    suppressed: bool
+
+    def to_json(self) -> dict[str, object]:
+        return {"generated_at": self.generated_at.isoformat(), "images": list(self.images),
+                "total_images": len(self.images), "suppressed": self.suppressed,
+                "notice": "Matches were found by face similarity and should be checked by a person."}
+
+
+def access_report(ctx: AppContext, photos: list[Path]) -> AccessReport:
+    from sqlalchemy import func
+
+    from facesearch.store.tables import SearchCandidate
+
+    matches, probes = find_matches(ctx, photos)
+    images = []
+    with ctx.repo() as repo:
+        for m in matches:
+            img = repo.s.get(Image, m.image_id)
+            searches = repo.s.scalar(select(func.count(func.distinct(SearchCandidate.search_id)))
+                                     .where(SearchCandidate.image_id == m.image_id)) or 0
+            images.append({"gallery": m.gallery, "image_id": m.image_id, "subject": m.subject,
+                           "source_uri": img.source_uri, "legal_basis": img.legal_basis,
+                           "warrant_ref": img.warrant_ref, "collector": img.collector,
+                           "collected_at": img.collected_at.isoformat() if img.collected_at else None,
+                           "ingested_at": img.ingested_at.isoformat(), "score": round(m.score, 4),
+                           "searches_returned": int(searches)})
+    suppressed = any(Suppressions(ctx, model).matches(emb.mean(axis=0) / np.linalg.norm(emb.mean(axis=0)))
+                     for model, emb in probes.items())
+    ctx.audit.append(AuditAction.AUDIT_READ, actor="privacy", agency=None, target="access_request",
+                     outcome=AuditOutcome.SUCCESS, request_id=None, details={"images": len(images)})
+    return AccessReport(_now(), tuple(images), suppressed)
+
+
+def access_report_pdf(report: AccessReport) -> bytes:
+    """The access report as a PDF (the same content as the JSON)."""
+    from fpdf import FPDF
+
+    from facesearch.services.case_export import _Fonts
+
+    fonts = _Fonts.load(json.dumps(report.to_json(), ensure_ascii=False))
+    pdf = FPDF(format="A4")
+    fonts.register(pdf)
+    family = fonts.family
+    pdf.add_page()
+    pdf.set_font(family, "B", size=15)
+    pdf.multi_cell(0, 8, "Access request: what is held about you", new_x="LMARGIN", new_y="NEXT")
+    pdf.set_font(family, size=10)
+    pdf.multi_cell(0, 6, f"Generated {report.generated_at:%Y-%m-%d %H:%M} UTC. {len(report.images)} image(s) held. "
+                         + ("You are on the suppression list. " if report.suppressed else "")
+                         + "Matches were found by face similarity and should be checked by a person.",
+                   new_x="LMARGIN", new_y="NEXT")
+    pdf.set_font(family, size=9)
+    for i in report.images:
+        pdf.ln(3)
+        lines = [f"Gallery: {i['gallery']}   image {i['image_id']}   similarity {i['score']}",
+                 f"Source: {i['source_uri'] or 'not recorded'}", f"Legal basis: {i['legal_basis']}",
+                 f"Collected: {i['collected_at'] or 'unknown'} by {i['collector'] or 'unknown'}; "
+                 f"ingested {i['ingested_at']}",
+                 f"Returned by {i['searches_returned']} search(es) (who searched is not disclosed here)."]
+        if i["warrant_ref"]:
+            lines.append(f"Court order / warrant: {i['warrant_ref']}")
+        pdf.multi_cell(0, 5, fonts.clean("\n".join(lines)), new_x="LMARGIN", new_y="NEXT")
+    return bytes(pdf.output())
