@@ -10,7 +10,7 @@ import httpx
 
 from facesearch.auth.totp import code_at
 from tests.api.conftest import CASE, PASSWORD, PURPOSE
-from tests.e2e.conftest import WebLive
+from tests.api.conftest import Live as WebLive
 
 RESULTS_PNG = "/tmp/facesearch-results.png"
 
