@@ -34,6 +34,7 @@ from typing import Any
 
 import faiss
 import numpy as np
+from common import machine
 
 from facesearch.index.base import VectorIndex
 from facesearch.index.faiss_backend import FlatIndex, IVFIndex, set_threads
@@ -165,27 +166,6 @@ def bench_one(n: int, d: int, nq: int, seed: int, exact_limit: int, target: floa
 
 
 # --------------------------------------------------------------------------- report
-
-def machine() -> str:
-    model = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    ram = "?"
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal"):
-                ram = f"{int(line.split()[1]) / 2**20:.0f} GiB"
-                break
-    except OSError:
-        pass
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return f"{model}, {cores} cores, {ram} RAM, {platform.system()} {platform.release()}"
-
 
 def fmt_table(rows: list[dict[str, Any]]) -> list[str]:
     head = ["N", "dim", "index", "params", "build s", "build vec/s", "size GiB", "B/face",

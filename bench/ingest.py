@@ -13,12 +13,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import tempfile
 import time
 from datetime import date
 from pathlib import Path
+
+from common import machine
 
 from facesearch.facade import FaceSearch
 from facesearch.services.ingest import IngestService, folder_items
@@ -26,19 +27,6 @@ from facesearch.services.ingest import IngestService, folder_items
 DEFAULT_DATA = Path(os.environ.get("FACESEARCH_DEV_DATA",
                                    Path(__file__).resolve().parents[2] / "shared/data/faces-dev"))
 STAGES = ("decode", "detect", "landmarks", "embed", "store")
-
-
-def machine() -> str:
-    model = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    return f"{model}, {os.cpu_count()} cores, {mem:.0f} GiB"
 
 
 def run(data: Path, workers: int, limit: int | None, backend: str) -> dict[str, object]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from facesearch.errors import InvalidInput
 from facesearch.types import BBox, DetectedFace
 
 
@@ -60,3 +61,20 @@ def to_faces(image: np.ndarray, boxes: np.ndarray, scores: np.ndarray, points: n
                                   landmarks=tuple((float(x), float(y)) for x, y in pts), detector=detector))
     faces.sort(key=lambda f: (-f.bbox.area, -f.score))
     return faces
+
+
+def as_rgb_image(image: np.ndarray) -> np.ndarray:
+    """A detector's input: uint8 HxWx3 RGB, C-contiguous (grey is expanded, alpha dropped)."""
+    if not isinstance(image, np.ndarray):
+        raise InvalidInput("image must be a numpy array")
+    if image.dtype != np.uint8:
+        raise InvalidInput(f"image must be uint8, not {image.dtype}")
+    if image.ndim == 2:
+        image = np.repeat(image[:, :, None], 3, axis=2)
+    elif image.ndim == 3 and image.shape[2] == 4:
+        image = image[:, :, :3]
+    elif image.ndim != 3 or image.shape[2] != 3:
+        raise InvalidInput(f"image must be HxWx3 RGB, not shape {image.shape}")
+    if image.shape[0] < 1 or image.shape[1] < 1:
+        raise InvalidInput(f"image is empty (shape {image.shape})")
+    return np.ascontiguousarray(image)

@@ -28,8 +28,8 @@ from typing import Any
 import cv2
 import numpy as np
 
-from facesearch.errors import InvalidInput, ModelError
-from facesearch.models.detections import nms, to_faces
+from facesearch.errors import ModelError
+from facesearch.models.detections import as_rgb_image, nms, to_faces
 from facesearch.models.manifest import ModelManifest, ModelRegistry
 from facesearch.types import DetectedFace
 
@@ -183,7 +183,7 @@ class MtcnnDetector:
         return self.detect_batch([image])[0]
 
     def detect_batch(self, images: Sequence[np.ndarray]) -> list[list[DetectedFace]]:
-        imgs = [self._check(im) for im in images]
+        imgs = [as_rgb_image(im) for im in images]
         if not imgs:
             return []
         boxes = self._stage_pnet(imgs)
@@ -193,19 +193,6 @@ class MtcnnDetector:
 
     # ------------------------------------------------------------------ stages
 
-    @staticmethod
-    def _check(image: np.ndarray) -> np.ndarray:
-        if not isinstance(image, np.ndarray):
-            raise InvalidInput("image must be a numpy array")
-        if image.dtype != np.uint8:
-            raise InvalidInput(f"image must be uint8, not {image.dtype}")
-        if image.ndim == 2:
-            image = np.repeat(image[:, :, None], 3, axis=2)
-        elif image.ndim == 3 and image.shape[2] == 4:
-            image = image[:, :, :3]
-        elif image.ndim != 3 or image.shape[2] != 3:
-            raise InvalidInput(f"image must be HxWx3 RGB, not shape {image.shape}")
-        return np.ascontiguousarray(image)
 
     def _scales(self, h: int, w: int) -> list[float]:
         m = _PNET_CELL / self.min_face_size

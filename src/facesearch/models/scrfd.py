@@ -41,9 +41,9 @@ from typing import Any
 import cv2
 import numpy as np
 
-from facesearch.errors import InvalidInput, ModelError
+from facesearch.errors import ModelError
 from facesearch.models.manifest import ModelManifest
-from facesearch.models.detections import nms, to_faces
+from facesearch.models.detections import as_rgb_image, nms, to_faces
 from facesearch.types import DetectedFace
 
 _STRIDES = (8, 16, 32)
@@ -171,7 +171,7 @@ class ScrfdDetector:
         return self.detect_batch([image])[0]
 
     def detect_batch(self, images: Sequence[np.ndarray]) -> list[list[DetectedFace]]:
-        imgs = [self._check(im) for im in images]
+        imgs = [as_rgb_image(im) for im in images]
         if not imgs:
             return []
         self._sess()
@@ -183,21 +183,6 @@ class ScrfdDetector:
 
     # ------------------------------------------------------------------ internals
 
-    @staticmethod
-    def _check(image: np.ndarray) -> np.ndarray:
-        if not isinstance(image, np.ndarray):
-            raise InvalidInput("image must be a numpy array")
-        if image.dtype != np.uint8:
-            raise InvalidInput(f"image must be uint8, not {image.dtype}")
-        if image.ndim == 2:
-            image = np.repeat(image[:, :, None], 3, axis=2)
-        elif image.ndim == 3 and image.shape[2] == 4:
-            image = image[:, :, :3]
-        elif image.ndim != 3 or image.shape[2] != 3:
-            raise InvalidInput(f"image must be HxWx3 RGB, not shape {image.shape}")
-        if image.shape[0] < 1 or image.shape[1] < 1:
-            raise InvalidInput(f"image is empty (shape {image.shape})")
-        return np.ascontiguousarray(image)
 
     def _detect_group(self, imgs: list[np.ndarray]) -> list[list[DetectedFace]]:
         results = self._run_letterboxed(imgs, self.input_size)
