@@ -3,6 +3,7 @@ server's stderr goes to a file so that a 500's traceback can be shown next to th
 (and so that a chatty server can never block on a full, unread pipe)."""
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -77,6 +78,7 @@ def fuzz_server(tmp_path_factory: pytest.TempPathFactory, dev_labels) -> FuzzSer
 
 
 _REPORT = pytest.StashKey[list]()
+_FIGURES = pytest.StashKey[dict]()
 
 
 @pytest.fixture
@@ -85,9 +87,32 @@ def fuzz_report(request: pytest.FixtureRequest) -> Callable[[str], None]:
     return request.config.stash.setdefault(_REPORT, []).append
 
 
+@pytest.fixture
+def security_figure(request: pytest.FixtureRequest) -> Callable[[str, float], None]:
+    """Records one of the README's security figures (``name`` -> number), adding to what other tests
+    recorded under the same name (so attempts and successes sum over a parametrised suite). The
+    figures are printed at the end of the run and written as JSON to ``.pytest_cache/`` (or to
+    ``$FACESEARCH_SECURITY_FIGURES``), where the README's figures are taken from."""
+    figures = request.config.stash.setdefault(_FIGURES, {})
+
+    def record(name: str, value: float) -> None:
+        figures[name] = figures.get(name, 0) + value
+
+    return record
+
+
 def pytest_terminal_summary(terminalreporter, exitstatus, config: pytest.Config) -> None:  # noqa: ANN001
     lines = config.stash.get(_REPORT, [])
     if lines:
         terminalreporter.section("schema fuzzing")
         for line in lines:
             terminalreporter.write_line(line)
+    figures = config.stash.get(_FIGURES, {})
+    if figures:
+        terminalreporter.section("security figures")
+        for name in sorted(figures):
+            terminalreporter.write_line(f"{name}: {figures[name]:g}")
+        target = Path(os.environ.get("FACESEARCH_SECURITY_FIGURES")
+                      or Path(str(config.rootpath)) / ".pytest_cache" / "security-figures.json")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(json.dumps(figures, indent=2, sort_keys=True) + "\n")

@@ -154,7 +154,10 @@ def _describe(stats: Stats) -> str:
                      f"server stderr:\n{f.server_log}" for f in stats.findings)
 
 
-def _check(server: FuzzServer, stats: Stats, who: str, report: Callable[[str], None]) -> None:
+def _check(server: FuzzServer, stats: Stats, who: str, report: Callable[[str], None],
+           figure: Callable[[str, float], None]) -> None:
+    figure("api_fuzz_cases", stats.cases)
+    figure("api_fuzz_5xx", stats.five_xx)
     line = f"fuzz: {stats.cases} cases, {stats.five_xx} 5xx [{who}]"
     print(line)
     for op, seen in sorted(stats.statuses.items()):
@@ -176,21 +179,24 @@ def _no_proxy(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
 
 
-def test_schema_fuzz_as_investigator_never_5xx(fuzz_server: FuzzServer, fuzz_report: Callable[[str], None]) -> None:
+def test_schema_fuzz_as_investigator_never_5xx(fuzz_server: FuzzServer, fuzz_report: Callable[[str], None],
+        security_figure: Callable[[str, float], None]) -> None:
     # logout would revoke the token mid-run; the unauthenticated pass fuzzes it
     stats = _fuzz(fuzz_server, fuzz_server.token("inv_a1"), skip=frozenset({LOGOUT}))
     assert len(stats.per_operation) >= 15, sorted(stats.per_operation)
-    _check(fuzz_server, stats, "investigator", fuzz_report)
+    _check(fuzz_server, stats, "investigator", fuzz_report, security_figure)
 
 
-def test_schema_fuzz_without_a_token_never_5xx(fuzz_server: FuzzServer, fuzz_report: Callable[[str], None]) -> None:
+def test_schema_fuzz_without_a_token_never_5xx(fuzz_server: FuzzServer, fuzz_report: Callable[[str], None],
+        security_figure: Callable[[str, float], None]) -> None:
     stats = _fuzz(fuzz_server, None)
     assert len(stats.per_operation) >= 16, sorted(stats.per_operation)
-    _check(fuzz_server, stats, "unauthenticated", fuzz_report)
+    _check(fuzz_server, stats, "unauthenticated", fuzz_report, security_figure)
 
 
 def test_schema_fuzz_with_real_identifiers_never_5xx(fuzz_server: FuzzServer,
-                                                      fuzz_report: Callable[[str], None]) -> None:
+                                                      fuzz_report: Callable[[str], None],
+        security_figure: Callable[[str, float], None]) -> None:
     token = fuzz_server.token("inv_a2")
     form = {"gallery": "bookings-a", "case_number": CASE, "purpose": PURPOSE}
     with open(fuzz_server.probe, "rb") as fh:
@@ -207,7 +213,7 @@ def test_schema_fuzz_with_real_identifiers_never_5xx(fuzz_server: FuzzServer,
                       ("GET", "/api/v1/cases/{case_number}/export.pdf"), ("POST", "/api/v1/galleries/{name}/grants")})
     stats = _fuzz(fuzz_server, token, only=only, known=known)
     assert len(stats.per_operation) == len(only), sorted(stats.per_operation)
-    _check(fuzz_server, stats, "investigator, real identifiers", fuzz_report)
+    _check(fuzz_server, stats, "investigator, real identifiers", fuzz_report, security_figure)
 
 
 def test_the_html_routes_stay_out_of_the_schema(fuzz_server: FuzzServer) -> None:
