@@ -25,6 +25,98 @@ def dlib_chip(image: np.ndarray, bbox: BBox, landmarks: tuple[Point, ...], size:
     return np.asarray(dlib.get_face_chip(image, shape, size=size, padding=padding))
 
 
+# dlib's 5-point template on the unit square (get_face_chip_details in dlib's
+# image_transforms/interpolation.h), in the order of its 5-point predictor's parts.
+DLIB5_TEMPLATE = np.array(
+    [[0.8595674595992, 0.2134981538014], [0.6460604764104, 0.2289674387677],
+     [0.1205750620789, 0.2137274526848], [0.3340850613712, 0.2290642403242],
+     [0.4901123135679, 0.6277975316475]],
+    dtype=np.float64,
+)
+
+
+def _rect_down(r: tuple[float, float, float, float]) -> tuple[float, float, float, float]:
+    """dlib's pyramid_down<2> mapping of a rectangle into the next pyramid level."""
+    return (r[0] / 2 - 1.25, r[1] / 2 - 0.75, r[2] / 2 - 1.25, r[3] / 2 - 0.75)
+
+
+def _rect_area(r: tuple[float, float, float, float]) -> float:
+    w, h = r[2] - r[0] + 1, r[3] - r[1] + 1
+    return 0.0 if r[0] > r[2] or r[1] > r[3] else w * h
+
+
+def _pyramid_down(img: np.ndarray) -> np.ndarray:
+    """One level of a 2:1 pyramid with the [1 4 6 4 1] filter (OpenCV's pyrDown), output pixel
+    q taken at input 2q + 2 and (h - 3) // 2 rows, as dlib's pyramid_down<2>."""
+    import cv2
+
+    h, w = img.shape[:2]
+    rows, cols = (h - 3) // 2, (w - 3) // 2
+    if rows < 1 or cols < 1:
+        return np.zeros((0, 0, 3), img.dtype)
+    return cv2.pyrDown(np.ascontiguousarray(img[2:, 2:]))[:rows, :cols]
+
+
+def chip_transform(landmarks: tuple[Point, ...] | np.ndarray, size: int = 150,
+                   padding: float = 0.25) -> np.ndarray:
+    """The 2x3 similarity (chip -> image) of dlib's face chip: dlib's 5-point template, padded
+    by ``padding`` on every side and scaled to ``size``, fitted to the 5 landmarks."""
+    tpl = (padding + DLIB5_TEMPLATE) / (2 * padding + 1) * size
+    return similarity_transform(tpl, np.asarray(landmarks, dtype=np.float64))
+
+
+def opencv_dlib_chip(image: np.ndarray, landmarks: tuple[Point, ...] | np.ndarray, size: int = 150,
+                     padding: float = 0.25) -> np.ndarray:
+    """dlib's ``get_face_chip`` computed with OpenCV: the same chip geometry (dlib's chip
+    rectangle around the fitted similarity), the same 2:1 pyramid when the face is more than
+    twice the chip's size, bilinear sampling, black outside the image and truncation to uint8.
+    The reference stays :func:`dlib_chip` (tests/unit/test_align_opencv.py compares them)."""
+    import cv2
+
+    m = chip_transform(landmarks, size, padding)
+    a = m[:, :2]
+    scale = float(np.hypot(a[0, 0], a[1, 0]))
+    angle = float(np.arctan2(a[1, 0], a[0, 0]))
+    centre = a @ np.array([size / 2.0, size / 2.0]) + m[:, 2]
+    half = (size * scale - 1) / 2
+    rect = (centre[0] - half, centre[1] - half, centre[0] + half, centre[1] + half)
+    # how many 2:1 pyramid levels dlib would descend, and the region it would crop
+    depth, grow, r = 0, 2.0, _rect_down(rect)
+    while _rect_area(r) > size * size:
+        r = _rect_down(r)
+        depth += 1
+        grow = grow * 2 + 2
+    c, s = np.cos(angle), np.sin(angle)
+    ext = half * (abs(c) + abs(s)) + grow
+    h_img, w_img = image.shape[:2]
+    x0 = int(np.floor(max(centre[0] - ext, 0.0) + 0.5))
+    y0 = int(np.floor(max(centre[1] - ext, 0.0) + 0.5))
+    x1 = int(np.floor(min(centre[0] + ext, w_img - 1.0) + 0.5))
+    y1 = int(np.floor(min(centre[1] + ext, h_img - 1.0) + 0.5))
+    if x1 < x0 or y1 < y0:
+        return np.zeros((size, size, 3), np.uint8)
+    src: np.ndarray = image[y0:y1 + 1, x0:x1 + 1]
+    local = (rect[0] - x0, rect[1] - y0, rect[2] - x0, rect[3] - y0)
+    levels = 0
+    while _rect_area(_rect_down(local)) > size * size and levels <= depth:
+        local = _rect_down(local)
+        levels += 1
+    for _ in range(levels):
+        src = _pyramid_down(src)
+        if src.size == 0:
+            return np.zeros((size, size, 3), np.uint8)
+    src = src.astype(np.float32)  # sampled in float, then truncated like dlib
+    # chip pixel (u, v) -> the rotated local rectangle, corner to corner
+    lc = np.array([(local[0] + local[2]) / 2, (local[1] + local[3]) / 2])
+    step = (local[2] - local[0]) / (size - 1)
+    rot = np.array([[c, -s], [s, c]]) * step
+    off = lc - rot @ np.array([(size - 1) / 2.0, (size - 1) / 2.0])
+    fwd = np.hstack([rot, off[:, None]])
+    out = cv2.warpAffine(src, fwd, (size, size), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+                         borderMode=cv2.BORDER_CONSTANT, borderValue=(0, 0, 0))
+    return np.clip(out, 0, 255).astype(np.uint8)  # truncating, as dlib's pixel assignment
+
+
 # Where 5 landmarks come from decides what they mean:
 DLIB5 = "dlib5"  # dlib's shape predictor: two corners of one eye, two of the other, nose base
 FIVE = "5pt"  # a detector's (MTCNN, SCRFD): left eye, right eye, nose tip, mouth corners
@@ -76,12 +168,19 @@ def arcface_chip(image: np.ndarray, landmarks: tuple[Point, ...], size: int = 11
     return cv2.warpAffine(image, m, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
 
 
+OPENCV = "opencv"  # dlib's chip computed with OpenCV (the default)
+DLIB = "dlib"  # dlib's own get_face_chip (the reference)
+
+
 def align(image: np.ndarray, bbox: BBox, landmarks: tuple[Point, ...], alignment: str,
-          size: tuple[int, int], scheme: str = DLIB5) -> np.ndarray:
+          size: tuple[int, int], scheme: str = DLIB5, backend: str = OPENCV) -> np.ndarray:
+    """The chip ``alignment`` names; ``backend`` picks who computes dlib's chip."""
     if alignment.startswith("dlib-chip"):
         if scheme != DLIB5:
             raise ValueError("dlib's chip needs dlib's 5 landmarks")
-        return dlib_chip(image, bbox, landmarks, size=size[0])
+        if backend == DLIB:
+            return dlib_chip(image, bbox, landmarks, size=size[0])
+        return opencv_dlib_chip(image, landmarks, size=size[0])
     if alignment.startswith("arcface"):
         return arcface_chip(image, landmarks, size=size[0], scheme=scheme)
     raise ValueError(f"unknown alignment {alignment!r}")
