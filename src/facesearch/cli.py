@@ -566,7 +566,9 @@ def serve(host: str, port: int, home: str | None) -> None:
     if token:
         click.echo(f"No system administrator yet. One-time bootstrap link (valid until used):\n"
                    f"  http://{host}:{port}/bootstrap#token={token}", err=True)
-    uvicorn.run(create_app(s, ctx), host=host, port=port, log_level="warning")
+    # proxy_headers off: the source address is decided in one place, from FACESEARCH_TRUSTED_PROXIES
+    # (api/ratelimit.py), not by uvicorn's default trust of 127.0.0.1
+    uvicorn.run(create_app(s, ctx), host=host, port=port, log_level="warning", proxy_headers=False)
 
 
 @main.group()

@@ -76,6 +76,18 @@ class Settings(BaseSettings):
     default_case_pattern: str = r"^\d{4}-\d{6}$"  # for agencies created without their own
     default_purposes: str = "robbery investigation,homicide investigation,missing person,fraud investigation"
 
+    # rate limits (api/ratelimit.py): requests per rate_limit_window_s; 0 switches a rule off.
+    # Per account: the normalised user name at sign-in, the signed-in user otherwise.
+    rate_limit_window_s: int = 60
+    rate_limit_login_per_address: int = 10
+    rate_limit_login_per_account: int = 5
+    rate_limit_search_per_account: int = 30
+    rate_limit_search_per_address: int = 60
+    rate_limit_export_per_account: int = 10
+    rate_limit_export_per_address: int = 20
+    # reverse proxies whose X-Forwarded-For is believed (addresses or networks, comma separated)
+    trusted_proxies: str = ""
+
     @property
     def db_url(self) -> str:
         if self.database_url:

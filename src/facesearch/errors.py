@@ -202,3 +202,18 @@ class CsrfRejected(Forbidden):
 
 
 ALL_ERRORS = (*ALL_ERRORS, CsrfRejected)
+
+
+class RateLimited(FaceSearchError):
+    """Too many requests of one kind (sign-in, search, case export) from one account or one
+    source address; ``retry_after_s`` goes into the HTTP ``Retry-After`` header."""
+
+    code = "rate_limited"
+    http_status = 429
+
+    def __init__(self, retry_after_s: int, message: str | None = None) -> None:
+        self.retry_after_s = int(retry_after_s)
+        super().__init__(message or f"too many requests; try again in {self.retry_after_s} s")
+
+
+ALL_ERRORS = (*ALL_ERRORS, RateLimited)

@@ -13,9 +13,11 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, H
 
 from facesearch import __version__
 from facesearch.api import errors
+from facesearch.api.ratelimit import RateLimiter
 from facesearch.api.routes import admin, auth, bootstrap, searches, transparency, web
 from facesearch.config import Settings
 from facesearch.services.context import AppContext
+from facesearch.services.web_sessions import cookie_secure
 
 
 async def _retention_schedule(ctx: AppContext) -> None:
@@ -28,6 +30,27 @@ async def _retention_schedule(ctx: AppContext) -> None:
         except Exception:  # noqa: BLE001 - logged; the schedule keeps going
             logging.getLogger("facesearch.retention").exception("retention run failed")
         await asyncio.sleep(ctx.settings.retention_interval_s)
+
+
+# Pages set their own policy (web.CSP; /bootstrap one with its script's hash); every other answer
+# is data, which may load nothing and be framed nowhere. /docs and /redoc load Swagger UI and
+# ReDoc from their CDN (FastAPI's defaults) and keep no policy, so that they keep working.
+API_CSP = "default-src 'none'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'"
+_DOC_PATHS = ("/docs", "/redoc")
+
+
+def security_headers(request: Request, response: Response, *, hsts: bool) -> None:
+    """The headers every answer carries (pages and API alike), unless a route set its own."""
+    h = response.headers
+    h.setdefault("Cross-Origin-Opener-Policy", "same-origin")
+    h.setdefault("Cross-Origin-Resource-Policy", "same-origin")
+    h.setdefault("Permissions-Policy", "camera=(), microphone=(), geolocation=(), interest-cohort=()")
+    if not request.url.path.startswith(_DOC_PATHS):
+        h.setdefault("Content-Security-Policy", API_CSP)
+    if request.url.path.startswith("/api/"):
+        h.setdefault("Cache-Control", "no-store")  # search results, users, audit: never cached
+    if hsts:  # only behind TLS (FACESEARCH_COOKIE_SECURE=true), where it cannot lock out plain http
+        h.setdefault("Strict-Transport-Security", "max-age=31536000")
 
 
 def create_app(settings: Settings, ctx: AppContext | None = None) -> FastAPI:
@@ -49,7 +72,10 @@ def create_app(settings: Settings, ctx: AppContext | None = None) -> FastAPI:
                   description="Face search over lawfully held galleries. Every search needs a case number "
                               "and a purpose; candidates are investigative leads, not identifications.")
     app.state.ctx = ctx
+    app.state.limits = RateLimiter.from_settings(settings)  # rate limits, built once (api/ratelimit.py)
     errors.install(app)
+
+    hsts = cookie_secure(ctx)  # behind TLS
 
     @app.middleware("http")
     async def _request_context(request: Request, call_next):  # noqa: ANN001, ANN202
@@ -64,6 +90,7 @@ def create_app(settings: Settings, ctx: AppContext | None = None) -> FastAPI:
         response.headers["X-Content-Type-Options"] = "nosniff"
         response.headers["Referrer-Policy"] = "no-referrer"
         response.headers["X-Frame-Options"] = "DENY"
+        security_headers(request, response, hsts=hsts)
         return response
 
     @app.get("/healthz", tags=["operations"])

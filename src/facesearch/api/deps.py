@@ -7,6 +7,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+from facesearch.api.ratelimit import RateLimiter
 from facesearch.auth.permissions import Perm, Principal, require
 from facesearch.errors import TokenInvalid
 from facesearch.services.accounts import Accounts
@@ -23,8 +24,20 @@ def request_id(request: Request) -> str:
     return request.state.request_id
 
 
+def get_limits(request: Request) -> RateLimiter:
+    return request.app.state.limits
+
+
+def client_address(request: Request) -> str | None:
+    """The source address of the request (a trusted proxy's X-Forwarded-For, see ``ratelimit``)."""
+    peer = request.client.host if request.client else None
+    return get_limits(request).client_address(peer, request.headers.get("x-forwarded-for"))
+
+
 CtxDep = Annotated[AppContext, Depends(get_ctx)]
 RequestId = Annotated[str, Depends(request_id)]
+Limits = Annotated[RateLimiter, Depends(get_limits)]
+ClientAddress = Annotated[str | None, Depends(client_address)]
 
 
 def current_principal(ctx: CtxDep, creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]

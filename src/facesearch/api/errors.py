@@ -10,7 +10,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from facesearch.errors import AccountLocked, AuthenticationFailed, FaceSearchError
+from facesearch.errors import AccountLocked, AuthenticationFailed, FaceSearchError, RateLimited
 
 log = logging.getLogger("facesearch.api")
 
@@ -23,7 +23,7 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(FaceSearchError)
     async def _domain(request: Request, exc: FaceSearchError) -> JSONResponse:
         headers = {}
-        if isinstance(exc, AccountLocked):
+        if isinstance(exc, (AccountLocked, RateLimited)):
             headers["Retry-After"] = str(exc.retry_after_s)
         if isinstance(exc, AuthenticationFailed):
             headers["WWW-Authenticate"] = "Bearer"

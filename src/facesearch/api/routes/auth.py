@@ -3,7 +3,9 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from pydantic import BaseModel
 
-from facesearch.api.deps import CtxDep, CurrentPrincipal, RequestId
+from facesearch.api.deps import ClientAddress, CtxDep, CurrentPrincipal, Limits, RequestId
+from facesearch.api.ratelimit import Action
+from facesearch.auth.lockout import normalise_user_name
 from facesearch.services.accounts import Accounts
 
 router = APIRouter(prefix="/api/v1/auth", tags=["auth"])
@@ -22,9 +24,10 @@ class TokenOut(BaseModel):
 
 
 @router.post("/login", response_model=TokenOut)
-def login(body: LoginIn, ctx: CtxDep, rid: RequestId, request: Request) -> dict[str, object]:
-    """Password and one-time code for a short-lived bearer token."""
-    source = request.client.host if request.client else None
+def login(body: LoginIn, ctx: CtxDep, rid: RequestId, limits: Limits, source: ClientAddress) -> dict[str, object]:
+    """Password and one-time code for a short-lived bearer token. Rate limited per source
+    address and per (normalised) user name: 429 with ``Retry-After``."""
+    limits.hit(Action.LOGIN, account=normalise_user_name(body.username), address=source)
     return Accounts(ctx).login(body.username, body.password, body.totp, request_id=rid, source=source).to_json()
 
 

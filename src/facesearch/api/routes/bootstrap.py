@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import base64
+import hashlib
 import html
 from typing import Annotated
 
@@ -21,13 +23,21 @@ _FORM = """<!doctype html><html lang="en"><head><meta charset="utf-8"><title>fac
 <p><label>Password (12+ characters) <input name="password" type="password" required minlength="12"
  autocomplete="new-password"></label></p>
 <p><button type="submit">Create</button></p></form></main>
-<script>document.getElementById('token').value = new URLSearchParams(location.hash.slice(1)).get('token') || '';</script>
+<script>{script}</script>
 </body></html>"""
+# The link's token travels in the URL's fragment (never sent to a server or a log); this script
+# copies it into the form. The page's policy allows this one script by its hash, nothing else.
+_SCRIPT = "document.getElementById('token').value = new URLSearchParams(location.hash.slice(1)).get('token') || '';"
+_FORM = _FORM.replace("{script}", _SCRIPT)
+_CSP = ("default-src 'none'; script-src 'sha256-"
+        + base64.b64encode(hashlib.sha256(_SCRIPT.encode()).digest()).decode() + "'; "
+        "form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
+_HEADERS = {"Content-Security-Policy": _CSP, "Cache-Control": "no-store"}
 
 
 @router.get("/bootstrap", response_class=HTMLResponse, include_in_schema=False)
-def bootstrap_form() -> str:
-    return _FORM
+def bootstrap_form() -> HTMLResponse:
+    return HTMLResponse(_FORM, headers=_HEADERS)
 
 
 @router.post("/bootstrap", response_class=HTMLResponse, include_in_schema=False)

@@ -5,7 +5,8 @@ from typing import Annotated
 from fastapi import APIRouter, File, Form, Response, UploadFile
 from pydantic import BaseModel
 
-from facesearch.api.deps import CtxDep, RequestId, allowed_principal
+from facesearch.api.deps import ClientAddress, CtxDep, Limits, RequestId, allowed_principal
+from facesearch.api.ratelimit import Action
 from facesearch.auth.permissions import Perm
 from facesearch.services.casework import Casework, Oversight
 
@@ -15,6 +16,7 @@ router = APIRouter(prefix="/api/v1", tags=["searches"])
 @router.post("/searches")
 async def create_search(
     ctx: CtxDep, rid: RequestId, principal: allowed_principal(Perm.SEARCH_CREATE),
+    limits: Limits, source: ClientAddress,
     image: Annotated[UploadFile, File(description="probe photo (JPEG, PNG, WebP, BMP)")],
     gallery: Annotated[str, Form()],
     case_number: Annotated[str | None, Form()] = None,
@@ -23,7 +25,9 @@ async def create_search(
     face_index: Annotated[int | None, Form(ge=0)] = None,
 ) -> dict[str, object]:
     """Search a gallery with a probe photo. Requires a case number matching the agency's pattern
-    and a purpose from the agency's list; candidates are investigative leads, not identifications."""
+    and a purpose from the agency's list; candidates are investigative leads, not identifications.
+    Rate limited per user and per source address (429 with ``Retry-After``)."""
+    limits.hit(Action.SEARCH, account=principal.public_id, address=source)
     limit = ctx.settings.max_upload_bytes
     data = await image.read(limit + 1)
     view = Casework(ctx).search(principal, data, gallery, case_number, purpose, authorization_ref, face_index,
@@ -79,8 +83,10 @@ def oversight(ctx: CtxDep, rid: RequestId, principal: allowed_principal(Perm.OVE
 
 @router.get("/cases/{case_number}/export.pdf", response_class=Response)
 def case_export(case_number: str, ctx: CtxDep, rid: RequestId,
-                principal: allowed_principal(Perm.CASE_EXPORT)) -> Response:
-    """A PDF of the case: searches, candidates with thumbnails, reviews and an audit excerpt."""
+                principal: allowed_principal(Perm.CASE_EXPORT), limits: Limits, source: ClientAddress) -> Response:
+    """A PDF of the case: searches, candidates with thumbnails, reviews and an audit excerpt.
+    Rate limited per user and per source address (429 with ``Retry-After``)."""
+    limits.hit(Action.EXPORT, account=principal.public_id, address=source)
     pdf = Oversight(ctx).case_pdf(principal, case_number, request_id=rid)
     return Response(pdf, media_type="application/pdf",
                     headers={"Content-Disposition": 'attachment; filename="case.pdf"', "Cache-Control": "no-store"})

@@ -25,10 +25,13 @@ from fastapi.responses import HTMLResponse, RedirectResponse
 from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from facesearch.api.deps import CtxDep, RequestId
+from facesearch.api.deps import CtxDep, RequestId, client_address, get_limits
+from facesearch.api.ratelimit import Action
+from facesearch.auth.lockout import normalise_user_name
 from facesearch.auth.permissions import Perm, Principal, Role, allowed, require
 from facesearch.auth.totp import qr_svg
-from facesearch.errors import AccountLocked, AuthenticationFailed, FaceSearchError, NotFound, SessionExpired
+from facesearch.errors import (AccountLocked, AuthenticationFailed, FaceSearchError, NotFound, RateLimited,
+                               SessionExpired)
 from facesearch.services.accounts import Accounts
 from facesearch.services.casework import NOTICE, Casework, Oversight
 from facesearch.services.casework import model_notices
@@ -77,7 +80,10 @@ def _when(dt: datetime | None) -> str:
 
 
 def _error_page(exc: FaceSearchError, status: int | None = None) -> HTMLResponse:
-    return _html("error.html", None, status=status or exc.http_status, code=exc.code, message=exc.message)
+    response = _html("error.html", None, status=status or exc.http_status, code=exc.code, message=exc.message)
+    if isinstance(exc, RateLimited):
+        response.headers["Retry-After"] = str(exc.retry_after_s)
+    return response
 
 
 def _html(template: str, user: WebUser | None, *, status: int = 200, **context: object) -> HTMLResponse:
@@ -173,7 +179,11 @@ Posting = Annotated[WebUser, Depends(web_user_posting)]
 
 
 def _source(request: Request) -> str | None:
-    return request.client.host if request.client else None
+    return client_address(request)  # the peer, or a trusted proxy's X-Forwarded-For (api/ratelimit.py)
+
+
+def _limit(request: Request, action: Action, account: str) -> None:
+    get_limits(request).hit(action, account=account, address=_source(request))
 
 
 def _see_other(url: str) -> RedirectResponse:
@@ -227,6 +237,7 @@ def login(request: Request, ctx: CtxDep, rid: RequestId,
         raise CsrfRejected("the form is missing its security token or it is wrong: reload the page and try again")
     sessions = WebSessions(ctx)
     try:
+        _limit(request, Action.LOGIN, normalise_user_name(username))  # shared with the API's sign-in
         if not code.strip():
             uri = sessions.enrolment(username, password, request_id=rid, source=_source(request))
             secret = parse_qs(urlsplit(uri).query).get("secret", [""])[0]
@@ -235,10 +246,10 @@ def login(request: Request, ctx: CtxDep, rid: RequestId,
                          secret=" ".join(secret[i:i + 4] for i in range(0, len(secret), 4)),
                          username=username, next=target, login_csrf=csrf)
         session = sessions.sign_in(username, password, code, request_id=rid, source=_source(request))
-    except (AuthenticationFailed, AccountLocked) as e:
+    except (AuthenticationFailed, AccountLocked, RateLimited) as e:
         response = _login_page(target, status=e.http_status, error=e, username=username, login_csrf=csrf,
                                secure=secure)
-        if isinstance(e, AccountLocked):
+        if isinstance(e, (AccountLocked, RateLimited)):
             response.headers["Retry-After"] = str(e.retry_after_s)
         return response
     response = _see_other(target)
@@ -283,10 +294,11 @@ def search_form(user: User, ctx: CtxDep) -> Response:
 
 
 @router.post("/search")
-def search(user: Posting, ctx: CtxDep, rid: RequestId,
+def search(request: Request, user: Posting, ctx: CtxDep, rid: RequestId,
            photo: Annotated[UploadFile, File()],
            gallery: Annotated[str, Form()] = "", case_number: Annotated[str, Form()] = "",
            purpose: Annotated[str, Form()] = "", authorization_ref: Annotated[str, Form()] = "") -> Response:
+    _limit(request, Action.SEARCH, user.principal.public_id)
     limit = ctx.settings.max_upload_bytes
     data = photo.file.read(limit + 1)
     try:
@@ -335,7 +347,8 @@ def cases(user: User, ctx: CtxDep, case: str = "") -> Response:
 
 
 @router.get("/cases/export.pdf")
-def case_pdf(user: User, ctx: CtxDep, rid: RequestId, case: str = "") -> Response:
+def case_pdf(request: Request, user: User, ctx: CtxDep, rid: RequestId, case: str = "") -> Response:
+    _limit(request, Action.EXPORT, user.principal.public_id)
     pdf = Oversight(ctx).case_pdf(user.principal, case.strip(), request_id=rid)
     safe = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in case.strip())[:80] or "case"
     return Response(pdf, media_type="application/pdf",
