@@ -114,8 +114,7 @@ class Casework:
         case, why = require_case_info(case_number, purpose)
         agency = self.accounts.agency_by_id(p.agency_id)
         if not re.fullmatch(agency.case_pattern, case):
-            raise CaseNumberRejected(f"case number {case!r} does not match the agency's pattern "
-                                     f"{agency.case_pattern}")
+            raise CaseNumberRejected(f"the case number does not match the agency's pattern {agency.case_pattern}")
         if why not in agency.purposes:
             raise PurposeRejected(f"purpose must be one of the agency's purposes: {', '.join(agency.purposes)}")
         return case, why
@@ -164,11 +163,11 @@ class Casework:
                 record_no_face=False)
             self._store_probe(result.search_id, decoded.rgb)
         except FaceSearchError as e:
-            self.ctx.audit.append(AuditAction.SEARCH, actor=p.username, agency=p.agency_name, target=target,
+            self.ctx.audit.append(AuditAction.SEARCH, actor=p.audit_actor, agency=p.audit_agency, target=target,
                                   outcome=AuditOutcome.FAILURE, request_id=request_id,
                                   details={"error": e.code})
             raise
-        self.ctx.audit.append(AuditAction.SEARCH, actor=p.username, agency=p.agency_name,
+        self.ctx.audit.append(AuditAction.SEARCH, actor=p.audit_actor, agency=p.audit_agency,
                               target=f"search:{result.public_id}", outcome=AuditOutcome.SUCCESS,
                               request_id=request_id,
                               details={"gallery": g.name, "candidates": len(result.faces[0].candidates)})
@@ -227,7 +226,7 @@ class Casework:
         with self.ctx.repo() as repo:
             q = select(Search).where(Search.agency_id == p.agency_id).order_by(Search.id.desc()).limit(limit)
             if case_number:
-                q = q.where(Search.case_number == case_number)
+                q = q.where(repo.searches_of_case(case_number))
             return [self._view(repo, s) for s in repo.s.scalars(q)]
 
     def _view(self, repo, s: Search) -> SearchView:  # noqa: ANN001
@@ -270,7 +269,7 @@ class Casework:
                               decision=decision, note=(note or "")[:4000], created_at=self.accounts.clock()))
             repo.s.flush()
             view = self._view(repo, s)
-        self.ctx.audit.append(AuditAction.REVIEW, actor=p.username, agency=p.agency_name,
+        self.ctx.audit.append(AuditAction.REVIEW, actor=p.audit_actor, agency=p.audit_agency,
                               target=f"search:{search_id}/candidate:{candidate_id}", outcome=AuditOutcome.SUCCESS,
                               request_id=request_id, details={"decision": decision, "status": view.status})
         return view
@@ -296,7 +295,7 @@ class Casework:
         s = self.ctx.settings
         img = read_image(path, max_pixels=s.max_pixels, max_bytes=s.max_file_bytes)
         jpeg = face_thumbnail(img.rgb, box)
-        self.ctx.audit.append(AuditAction.CANDIDATE_VIEW, actor=p.username, agency=p.agency_name,
+        self.ctx.audit.append(AuditAction.CANDIDATE_VIEW, actor=p.audit_actor, agency=p.audit_agency,
                               target=f"candidate:{candidate_id}", outcome=AuditOutcome.SUCCESS,
                               request_id=request_id)
         return jpeg
@@ -322,10 +321,19 @@ class Oversight:
                             probe_sha256=hashes.get(v.search_id, ""), probe_embedding=None,
                             reviewed=bool(v.reviews), candidates=len(v.candidates)) for v in views]
         report = oversee(facts, None, self.casework.accounts.clock())
-        self.ctx.audit.append(AuditAction.AUDIT_READ, actor=p.username, agency=p.agency_name, target="oversight",
+        self.ctx.audit.append(AuditAction.AUDIT_READ, actor=p.audit_actor, agency=p.audit_agency, target="oversight",
                               outcome=AuditOutcome.SUCCESS, request_id=request_id,
                               details={"searches": len(facts)})
         return report.to_json()
+
+    def _actor_names(self, actors: set[str]) -> dict[str, str]:
+        """The user names behind audit actors (``user:<public id>``), decrypted for the export."""
+        ids = [a.split(":", 1)[1] for a in actors if a.startswith("user:")]
+        if not ids:
+            return {}
+        with self.ctx.repo() as repo:
+            return {f"user:{pid}": name for pid, name in repo.s.execute(
+                select(User.public_id, User.username_key).where(User.public_id.in_(ids))).all()}
 
     def _pack_notice(self, gallery: str | None) -> str | None:
         """The licence notice of the model pack a gallery is bound to (None when unrestricted)."""
@@ -341,7 +349,7 @@ class Oversight:
         require(p, Perm.CASE_EXPORT)
         views = [v for v in self.casework.list(p, case_number=case_number, limit=5000)]
         if not views:
-            raise SearchNotFound(f"no searches of case {case_number!r}")
+            raise SearchNotFound("no searches of this case number")
         searches = []
         for v in reversed(views):
             cands = []
@@ -360,13 +368,15 @@ class Oversight:
                 reviews=[CaseReview(r.candidate_id, r.reviewer, r.decision, r.note, r.at) for r in v.reviews],
                 status=v.status))
         targets = {f"search:{v.search_id}" for v in views}
-        audit = [CaseAuditLine(r.at, r.actor, r.action, r.target or "", r.outcome)
-                 for r in self.ctx.audit.records(agency=p.agency_name, limit=100_000)
-                 if (r.target or "").split("/")[0] in targets]
+        records = [r for r in self.ctx.audit.records(agency=p.audit_agency, limit=100_000)
+                   if (r.target or "").split("/")[0] in targets]
+        names = self._actor_names({r.actor for r in records})
+        audit = [CaseAuditLine(r.at, names.get(r.actor, r.actor), r.action, r.target or "", r.outcome)
+                 for r in records]
         terms = sorted({n for n in (self._pack_notice(v.gallery) for v in views) if n})
         pdf = case_pdf(case_number, p.agency_name or "", searches, audit, generated_by=p.username,
                        generated_at=self.casework.accounts.clock(), model_terms=" ".join(terms) or None)
-        self.ctx.audit.append(AuditAction.EXPORT, actor=p.username, agency=p.agency_name,
+        self.ctx.audit.append(AuditAction.EXPORT, actor=p.audit_actor, agency=p.audit_agency,
                               target=f"case:{len(case_number)}-chars", outcome=AuditOutcome.SUCCESS,
                               request_id=request_id, details={"searches": len(searches)})
         return pdf
@@ -381,7 +391,7 @@ def grant_gallery(ctx: AppContext, gallery: str, agency: str, actor: str, reques
         g = repo.get_gallery(gallery)
         if repo.s.get(GalleryGrant, (g.id, target.id)) is None:
             repo.s.add(GalleryGrant(gallery_id=g.id, agency_id=target.id, granted_at=utcnow()))
-    ctx.audit.append(AuditAction.GALLERY_GRANT, actor=actor, agency=target.name, target=f"gallery:{gallery}",
+    ctx.audit.append(AuditAction.GALLERY_GRANT, actor=actor, agency=target.public_id, target=f"gallery:{gallery}",
                      outcome=AuditOutcome.SUCCESS, request_id=request_id)
 
 

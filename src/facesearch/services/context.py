@@ -18,7 +18,7 @@ from facesearch.index.manager import IndexKey, IndexManager
 from facesearch.models.loader import registry_for
 from facesearch.pipeline.build import build_pipeline, packs_for
 from facesearch.pipeline.pipeline import FacePipeline
-from facesearch.store.crypto import FieldCipher, load_key
+from facesearch.store.crypto import Keyring
 from facesearch.store.db import make_engine, migrate, session_factory
 from facesearch.store.repository import Repository
 from facesearch.types import Threshold
@@ -59,12 +59,17 @@ class AppContext:
         self.settings = settings
         settings.ensure_home()
         self.engine = make_engine(settings.db_url)
+        from facesearch.services.keys import encrypt_plaintext, key_source
+        from facesearch.store.fields import attach_keyring
+
+        self.keyring = Keyring(key_source(settings))  # loaded on first use; follows keys rotate
+        attach_keyring(self.engine, self.keyring)
         migrate(self.engine)
+        encrypt_plaintext(self.engine, self.keyring)  # clear values of older schemas, once
         self._sessions = session_factory(self.engine)
         self.registry = registry_for(settings.home, settings.model_dir)
         self.packs = packs_for(settings, self.registry)
         self.audit = AuditLog(self.engine)
-        self._cipher: FieldCipher | None = None
         self.indexes = IndexManager(settings.index_dir, settings.exact_max, settings.ann_target_recall)
         self._pipelines: dict[str, FacePipeline] = {}
         self._lock = threading.Lock()
@@ -89,13 +94,9 @@ class AppContext:
         return self.pipeline_for_pack(self.packs.for_embedder(embedder_id).id)
 
     @property
-    def cipher(self) -> FieldCipher:
-        """The field cipher; its key is loaded (or created) on first use."""
-        with self._lock:
-            if self._cipher is None:
-                s = self.settings
-                self._cipher = FieldCipher(load_key(s.key, s.key_file or s.home / "keys" / "field.key"))
-            return self._cipher
+    def cipher(self) -> Keyring:
+        """The field encryption keyring (store/crypto.py); its key is loaded on first use."""
+        return self.keyring
 
     def dim_of(self, embedder_id: str) -> int:
         return int(self.registry.get(embedder_id).embedding_dim or 0)

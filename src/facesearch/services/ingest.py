@@ -177,11 +177,12 @@ class IngestService:
                     f"ingest refused: no legal basis for gallery {gallery!r}; give --legal-basis "
                     "or a legal_basis column for every manifest row"
                 )
-            agency_id = None
+            agency_id, agency_ref = None, None
             if agency is not None:
                 from facesearch.services.accounts import Accounts
 
-                agency_id = Accounts(self.ctx).agency(agency).id
+                agency_info = Accounts(self.ctx).agency(agency)
+                agency_id, agency_ref = agency_info.id, agency_info.public_id  # the audit names no agency
                 if g is not None and g.agency_id != agency_id:
                     raise Conflict(f"gallery {gallery!r} belongs to another agency (or to none)")
             if g is None:
@@ -299,7 +300,7 @@ class IngestService:
         if progress:
             progress(total, total, summary)
         self.ctx.audit.append(
-            AuditAction.INGEST, actor=collector or "cli", agency=agency, target=f"gallery:{g.name}",
+            AuditAction.INGEST, actor=collector or "cli", agency=agency_ref, target=f"gallery:{g.name}",
             outcome=AuditOutcome.SUCCESS, request_id=None,
             details={"images": summary.images, "ingested": summary.ingested, "faces": summary.faces,
                      "errors": summary.errors, "duplicates": summary.duplicates})

@@ -11,7 +11,11 @@ from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
 from facesearch.errors import GalleryNotFound
-from facesearch.store.tables import Face, Gallery, Image, ReembedImage, Search, SearchCandidate
+from facesearch.auth.lockout import normalise_user_name
+from facesearch.store.crypto import Keyring
+from facesearch.store.fields import keyring_of
+from facesearch.store.tables import (Agency, Face, Gallery, Image, Lockout, ReembedImage, Search, SearchCandidate,
+                                     User)
 from facesearch.types import Face as PipelineFace
 
 
@@ -100,8 +104,8 @@ class Repository:
         faces = self.s.scalar(select(func.count()).select_from(Face).where(
             Face.gallery_id == gallery.id, Face.model_id == gallery.model_id))
         subjects = self.s.scalar(
-            select(func.count(func.distinct(Image.subject))).where(
-                Image.gallery_id == gallery.id, Image.subject.is_not(None)
+            select(func.count(func.distinct(Image.subject_bi))).where(
+                Image.gallery_id == gallery.id, Image.subject_bi.is_not(None)
             )
         )
         no_face = self.s.scalar(
@@ -195,7 +199,8 @@ class Repository:
         rows = self.s.execute(
             select(Image.subject, Face.id, Face.embedding, Face.quality)
             .join(Image, Image.id == Face.image_id)
-            .where(Face.gallery_id == gallery_id, Face.model_id == model_id, Image.subject.in_(subjects))
+            .where(Face.gallery_id == gallery_id, Face.model_id == model_id,
+                   Image.subject_bi.in_([bi for s in subjects for bi in self.keyring.blind_indexes("subject", s)]))
         ).all()
         for subj, fid, emb, q in rows:
             ids, vecs, qs = out.setdefault(subj, ([], [], []))
@@ -306,5 +311,39 @@ class Repository:
     def searches(self, case_number: str | None = None) -> list[Search]:
         q = select(Search).order_by(Search.id)
         if case_number is not None:
-            q = q.where(Search.case_number == case_number)
+            q = q.where(self.searches_of_case(case_number))
         return list(self.s.scalars(q))
+
+    # encrypted names: looked up by their blind index under every key version ----------------
+    @property
+    def keyring(self) -> Keyring:
+        return keyring_of(self.s.get_bind().dialect)
+
+    def user_by_name(self, key: str) -> User | None:
+        """The user whose normalised user name is ``key``."""
+        return self.s.scalar(select(User).where(User.username_bi.in_(self.keyring.blind_indexes("user", key))))
+
+    def agency_by_name(self, name: str) -> Agency | None:
+        """The agency of this name (compared case-insensitively, like user names)."""
+        bis = self.keyring.blind_indexes("agency", normalise_user_name(name))
+        return self.s.scalar(select(Agency).where(Agency.name_bi.in_(bis)))
+
+    def name_ref(self, key: str) -> str:
+        """A pseudonym of a user name for the audit trail: the first 64 bits of its blind index."""
+        return self.keyring.blind_index("user", key)[:16]
+
+    def lockout(self, key: str) -> Lockout | None:
+        """The lockout counters of a normalised user name (stored under its blind index)."""
+        return self.s.scalar(select(Lockout).where(Lockout.key.in_(self.keyring.blind_indexes("user", key)))
+                             .order_by(Lockout.locked_until.desc()).limit(1))
+
+    def lockout_for_update(self, key: str) -> Lockout:
+        row = self.lockout(key)
+        if row is None:
+            row = Lockout(key=self.keyring.blind_index("user", key), failures=0)
+            self.s.add(row)
+        return row
+
+    def searches_of_case(self, case_number: str):  # noqa: ANN201 - a select on Search
+        """A select of the searches of one case number (by its blind index)."""
+        return Search.case_bi.in_(self.keyring.blind_indexes("case", case_number.strip()))
