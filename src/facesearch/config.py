@@ -43,7 +43,15 @@ class Settings(BaseSettings):
     embed_backend: Literal["onnx", "dlib"] = "onnx"
 
     # index
-    index: Literal["faiss"] = "faiss"
+    # "milvus": galleries without a recorded placement use Milvus (index/milvus_backend.py); a
+    # gallery moved with `facesearch index migrate --to milvus` uses it whatever this says
+    index: Literal["faiss", "milvus"] = "faiss"
+    milvus_uri: str | None = None  # http://host:19530 (standalone or cluster proxy); needs .[milvus]
+    milvus_token: str | None = None  # "user:password" or an API key; never logged
+    milvus_collection_prefix: str = "facesearch"  # collections: <prefix>_<model>_<dim>
+    milvus_index_type: Literal["HNSW", "IVF_FLAT", "IVF_SQ8", "IVF_PQ", "FLAT"] = "HNSW"
+    milvus_search_ef: int = 64  # HNSW ef (at least top-k)
+    milvus_nprobe: int = 32  # IVF_* nprobe (nlist 1024 per segment)
     exact_max: int = 50_000  # galleries up to this size use exact search (bench/results/index.md)
     ann_target_recall: float = 0.99
 

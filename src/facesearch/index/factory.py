@@ -31,6 +31,7 @@ calling ``maybe_upgrade`` again).
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -38,7 +39,12 @@ from facesearch.errors import IndexError_
 from facesearch.index.base import VectorIndex
 from facesearch.index.faiss_backend import FlatIndex, IVFIndex
 
-__all__ = ["REBUILD_GROWTH", "build_index", "new_index", "needs_rebuild", "maybe_upgrade"]
+if TYPE_CHECKING:
+    from facesearch.config import Settings
+    from facesearch.index.milvus_backend import MilvusIndexes
+
+__all__ = ["REBUILD_GROWTH", "build_index", "new_index", "needs_rebuild", "maybe_upgrade",
+           "milvus_from_settings"]
 
 REBUILD_GROWTH = 2.0  # rebuild an ANN index once it holds this many times its build size
 
@@ -94,3 +100,18 @@ def maybe_upgrade(
         return index
     vectors, ids = all_vectors_fn()
     return build_index(vectors, ids, index.d, exact_max, target_recall)
+
+
+def milvus_from_settings(settings: Settings) -> MilvusIndexes | None:
+    """The installation's Milvus connection when ``FACESEARCH_MILVUS_URI`` is set, else None
+    (``FACESEARCH_INDEX=milvus`` without a URI is a configuration error)."""
+    if not settings.milvus_uri:
+        if settings.index == "milvus":
+            raise IndexError_("FACESEARCH_INDEX=milvus needs FACESEARCH_MILVUS_URI (http://host:19530)")
+        return None
+    from facesearch.index.milvus_backend import MilvusConfig, MilvusIndexes
+
+    return MilvusIndexes(MilvusConfig(
+        uri=settings.milvus_uri, token=settings.milvus_token, prefix=settings.milvus_collection_prefix,
+        index_type=settings.milvus_index_type, search_ef=settings.milvus_search_ef,
+        nprobe=settings.milvus_nprobe))

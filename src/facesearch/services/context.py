@@ -14,7 +14,9 @@ from sqlalchemy.orm import Session
 from facesearch.audit import AuditLog
 from facesearch.config import Settings
 from facesearch.index.base import VectorIndex
+from facesearch.index.factory import milvus_from_settings
 from facesearch.index.manager import IndexKey, IndexManager
+from facesearch.index.router import IndexRouter
 from facesearch.models.loader import registry_for
 from facesearch.pipeline.build import build_pipeline, packs_for
 from facesearch.pipeline.pipeline import FacePipeline
@@ -70,7 +72,9 @@ class AppContext:
         self.registry = registry_for(settings.home, settings.model_dir)
         self.packs = packs_for(settings, self.registry)
         self.audit = AuditLog(self.engine)
-        self.indexes = IndexManager(settings.index_dir, settings.exact_max, settings.ann_target_recall)
+        # each gallery's index on faiss or Milvus (index/router.py); same calls as IndexManager
+        self.indexes = IndexRouter(IndexManager(settings.index_dir, settings.exact_max, settings.ann_target_recall),
+                                   settings.index, milvus_from_settings(settings))
         self._pipelines: dict[str, FacePipeline] = {}
         self._lock = threading.Lock()
         from facesearch.services.erasure import resume_pending
@@ -127,4 +131,6 @@ class AppContext:
         return cal.as_threshold()
 
     def close(self) -> None:
+        if self.indexes.milvus is not None:
+            self.indexes.milvus.close()
         self.engine.dispose()
