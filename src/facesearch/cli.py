@@ -605,7 +605,8 @@ def user() -> None:
 @user.command("add")
 @click.argument("username")
 @click.option("--agency", "agency_name", default=None)
-@click.option("--role", required=True, type=click.Choice(["sysadmin", "agency_admin", "supervisor", "investigator"]))
+@click.option("--role", required=True, type=click.Choice(["sysadmin", "agency_admin", "supervisor", "investigator",
+                                                         "privacy_officer"]))
 @click.option("--password-stdin", is_flag=True, required=True, help="Read the password from standard input.")
 @click.option("--json", "as_json", is_flag=True)
 @_home_option

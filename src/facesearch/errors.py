@@ -217,3 +217,28 @@ class RateLimited(FaceSearchError):
 
 
 ALL_ERRORS = (*ALL_ERRORS, RateLimited)
+
+
+# --- privacy requests (erasure by face, suppression list) -----------------------------------
+
+
+class ErasureRequestNotFound(NotFound):
+    code = "erasure_request_not_found"
+
+
+class ErasureNotPending(Conflict):
+    """Confirming or cancelling an erasure request that is no longer awaiting confirmation."""
+
+    code = "erasure_not_pending"
+
+
+class SuppressionNotFound(NotFound):
+    code = "suppression_not_found"
+
+
+class SuppressionAlreadyLifted(Conflict):
+    code = "suppression_already_lifted"
+
+
+ALL_ERRORS = (*ALL_ERRORS, ErasureRequestNotFound, ErasureNotPending, SuppressionNotFound,
+              SuppressionAlreadyLifted)

@@ -110,7 +110,7 @@ def provision(home: Path, dev_labels, db_url: str | None) -> tuple[dict[str, Acc
                                   ("sup_a", "supervisor", "Agency A"), ("inv_a1", "investigator", "Agency A"),
                                   ("inv_a2", "investigator", "Agency A"), ("inv_b", "investigator", "Agency B"),
                                   ("sup_b", "supervisor", "Agency B"), ("lockme", "investigator", "Agency B"),
-                                  ("inv_c", "investigator", "Agency C")]:
+                                  ("inv_c", "investigator", "Agency C"), ("privacy", "privacy_officer", None)]:
             u = acc.add_user(who, PASSWORD, role, agency)
             accounts[who] = Account(who, role, agency, u.totp_secret)
         photos = home / "photos"

@@ -14,7 +14,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, H
 from facesearch import __version__
 from facesearch.api import errors
 from facesearch.api.ratelimit import RateLimiter
-from facesearch.api.routes import admin, auth, bootstrap, searches, transparency, web
+from facesearch.api.routes import admin, auth, bootstrap, privacy, searches, transparency, web, web_privacy
 from facesearch.config import Settings
 from facesearch.services.context import AppContext
 from facesearch.services.web_sessions import cookie_secure
@@ -109,4 +109,6 @@ def create_app(settings: Settings, ctx: AppContext | None = None) -> FastAPI:
     app.include_router(bootstrap.router)
     app.include_router(web.router)
     app.include_router(transparency.router)
+    app.include_router(privacy.router)
+    app.include_router(web_privacy.router)
     return app

@@ -17,6 +17,7 @@ class Role(StrEnum):
     AGENCY_ADMIN = "agency_admin"  # manages the users of its own agency
     SUPERVISOR = "supervisor"  # reads its agency's searches, reviews and audit; oversight
     INVESTIGATOR = "investigator"  # searches, reviews others' searches
+    PRIVACY_OFFICER = "privacy_officer"  # operator-level: erasure and access requests of the public
 
 
 class Perm(StrEnum):
@@ -32,17 +33,30 @@ class Perm(StrEnum):
     OVERSIGHT_READ = "oversight.read"
     AUDIT_READ = "audit.read"
     AUDIT_VERIFY = "audit.verify"
+    ERASURE_REQUEST = "erasure.request"  # file an erasure request by photo, read it, cancel it
+    ERASURE_MATCHES = "erasure.matches"  # see the matching faces (all galleries) and their thumbnails
+    ERASURE_CONFIRM = "erasure.confirm"  # confirm: the matches are deleted, the person suppressed
+    ACCESS_REPORT = "privacy.access_report"  # what is held about a person, found by their photo
+    SUPPRESSION_LIST = "suppression.list"  # suppression entries (ids and dates, never embeddings)
+    SUPPRESSION_LIFT = "suppression.lift"  # an audited administrator decision, with a reason
 
 
 GRANTS: dict[Role, frozenset[Perm]] = {
     Role.SYSADMIN: frozenset({Perm.AGENCY_CREATE, Perm.USER_MANAGE, Perm.GALLERY_GRANT, Perm.GALLERY_LIST,
-                              Perm.AUDIT_VERIFY}),
+                              Perm.AUDIT_VERIFY, Perm.SUPPRESSION_LIST, Perm.SUPPRESSION_LIFT}),
     Role.AGENCY_ADMIN: frozenset({Perm.USER_MANAGE, Perm.AUDIT_VERIFY}),
     Role.SUPERVISOR: frozenset({Perm.GALLERY_LIST, Perm.SEARCH_READ, Perm.CANDIDATE_VIEW, Perm.CASE_EXPORT,
                                 Perm.OVERSIGHT_READ, Perm.AUDIT_READ, Perm.AUDIT_VERIFY}),
     Role.INVESTIGATOR: frozenset({Perm.GALLERY_LIST, Perm.SEARCH_CREATE, Perm.SEARCH_READ, Perm.CANDIDATE_VIEW,
                                   Perm.REVIEW_CREATE, Perm.CASE_EXPORT, Perm.AUDIT_VERIFY}),
+    # Sees faces of every gallery, but only those matching the photo of the person who asks;
+    # never searches, never reads searches, never lifts a suppression.
+    Role.PRIVACY_OFFICER: frozenset({Perm.ERASURE_REQUEST, Perm.ERASURE_MATCHES, Perm.ERASURE_CONFIRM,
+                                     Perm.ACCESS_REPORT, Perm.SUPPRESSION_LIST}),
 }
+
+#: Roles of the operator itself, outside every agency (provisioned by a system administrator).
+OPERATOR_ROLES: frozenset[Role] = frozenset({Role.SYSADMIN, Role.PRIVACY_OFFICER})
 
 
 @dataclass(frozen=True)
@@ -55,6 +69,16 @@ class Principal:
     role: Role
     agency_id: int | None
     agency_name: str | None
+    agency_public_id: str | None = None
+
+    # what the audit trail records: public ids, never names (they are encrypted at rest)
+    @property
+    def audit_actor(self) -> str:
+        return f"user:{self.public_id}"
+
+    @property
+    def audit_agency(self) -> str | None:
+        return self.agency_public_id
 
 
 def allowed(role: Role | str, perm: Perm) -> bool:

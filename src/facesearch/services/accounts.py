@@ -14,10 +14,10 @@ from facesearch.audit import AuditAction, AuditOutcome
 from facesearch.auth import (Argon2Params, DEFAULT_LOCKOUT_POLICY, LockoutState, check_password_policy,
                              dummy_verify, hash_password, hash_token, new_secret, normalise_user_name,
                              verify_password)
-from facesearch.auth.permissions import Principal, Role
+from facesearch.auth.permissions import OPERATOR_ROLES, Perm, Principal, Role, require
 from facesearch.auth.totp import TotpCredential, accept
-from facesearch.errors import (AuthenticationFailed, Conflict, InvalidInput, NotFound, TokenExpired,
-                               TokenInvalid)
+from facesearch.errors import (AuthenticationFailed, Conflict, Forbidden, InvalidInput, NotFound,
+                               TokenExpired, TokenInvalid)
 from facesearch.services.context import AppContext
 from facesearch.store.tables import Agency, Lockout, Token, User
 
@@ -130,10 +130,10 @@ class Accounts:
             raise InvalidInput("a user needs a user name")
         check_password_policy(password, user_name=key)
         agency_info = self.agency(agency) if agency else None
-        if role_ != Role.SYSADMIN and agency_info is None:
+        if role_ not in OPERATOR_ROLES and agency_info is None:
             raise InvalidInput(f"a {role_.value} belongs to an agency: give --agency")
-        if role_ == Role.SYSADMIN and agency_info is not None:
-            raise InvalidInput("a system administrator belongs to no agency")
+        if role_ in OPERATOR_ROLES and agency_info is not None:
+            raise InvalidInput(f"a {role_.value} works for the operator and belongs to no agency")
         if actor_agency_id is not None and (agency_info is None or agency_info.id != actor_agency_id):
             raise NotFound(f"agency {agency!r} does not exist")  # an agency admin manages only its own
         secret = new_secret()
@@ -154,6 +154,25 @@ class Accounts:
 
         return NewUser(uid, key, role_.value, agency_info.name if agency_info else None, secret,
                        provisioning_uri(secret, key))
+
+    def create_user(self, p: Principal, username: str, password: str, role: str,
+                    agency: str | None) -> NewUser:
+        """A user created by ``p`` through the API or the web UI (the one place for these rules):
+        system administrators create agency administrators of any agency and privacy officers
+        (no agency); agency administrators create users of their own agency (another agency
+        answers 'not found'), never system administrators or privacy officers."""
+        require(p, Perm.USER_MANAGE)
+        try:
+            Role(role)
+        except ValueError:
+            raise InvalidInput(f"unknown role {role!r} (roles: {', '.join(r.value for r in Role)})") from None
+        if role not in roles_creatable_by(p):
+            raise Forbidden(f"a {p.role.value} cannot create a user with the role {role!r}")
+        agency = (agency or "").strip() or None
+        if p.role == Role.SYSADMIN:
+            return self.add_user(username, password, role, agency, actor=p.audit_actor, actor_agency_id=None)
+        return self.add_user(username, password, role, agency or p.agency_name, actor=p.audit_actor,
+                             actor_agency_id=p.agency_id)
 
     def has_sysadmin(self) -> bool:
         with self.ctx.repo() as repo:
@@ -240,3 +259,12 @@ class Accounts:
         self.ctx.audit.append(AuditAction.LOGIN, actor=principal.username, agency=principal.agency_name,
                               target=f"logout:{principal.public_id}", outcome=AuditOutcome.SUCCESS,
                               request_id=request_id, details={"event": "logout"})
+
+
+def roles_creatable_by(p: Principal) -> list[str]:
+    """The roles ``p`` may give to a new user (API and web UI alike)."""
+    if p.role == Role.SYSADMIN:
+        return [Role.AGENCY_ADMIN.value, Role.PRIVACY_OFFICER.value]
+    if p.role == Role.AGENCY_ADMIN:
+        return [Role.INVESTIGATOR.value, Role.SUPERVISOR.value, Role.AGENCY_ADMIN.value]
+    return []

@@ -37,6 +37,7 @@ class ErasureMatch:
     subject: str | None
     path: str | None
     score: float
+    face_id: int | None = None  # the image's best-matching face (for its thumbnail)
 
     def to_json(self) -> dict[str, object]:
         return {"gallery": self.gallery, "image_id": self.image_id, "subject": self.subject, "path": self.path,
@@ -47,27 +48,38 @@ def _now() -> datetime:
     return datetime.now(timezone.utc)
 
 
-def _probe_embeddings(ctx: AppContext, photos: list[Path], model_id: str) -> np.ndarray:
-    pipeline = ctx.pipeline_for_model(model_id)
+def read_photos(ctx: AppContext, photos: list[Path]) -> list[np.ndarray]:
     s = ctx.settings
+    return [read_image(p, max_pixels=s.max_pixels, max_bytes=s.max_file_bytes).rgb for p in photos]
+
+
+def _probe_embeddings(ctx: AppContext, rgbs: list[np.ndarray], model_id: str,
+                      names: list[str] | None = None) -> np.ndarray:
+    pipeline = ctx.pipeline_for_model(model_id)
     out = []
-    for p in photos:
-        faces = pipeline.analyze(read_image(p, max_pixels=s.max_pixels, max_bytes=s.max_file_bytes).rgb)
+    for i, rgb in enumerate(rgbs):
+        faces = pipeline.analyze(rgb)
         if not faces:
-            raise NoFaceFound(f"no face found in {p}")
+            raise NoFaceFound(f"no face found in {names[i] if names else f'photo {i + 1}'}")
         out.append(faces[0].embedding)
     return np.stack(out)
 
 
 def find_matches(ctx: AppContext, photos: list[Path]) -> tuple[list[ErasureMatch], dict[str, np.ndarray]]:
     """Every stored face of the person across all galleries; also the probe embeddings per model."""
+    return find_matches_rgb(ctx, read_photos(ctx, photos), names=[str(p) for p in photos])
+
+
+def find_matches_rgb(ctx: AppContext, rgbs: list[np.ndarray], names: list[str] | None = None
+                     ) -> tuple[list[ErasureMatch], dict[str, np.ndarray]]:
+    """:func:`find_matches` for photos already decoded (uploads are never written to disk)."""
     with ctx.repo() as repo:
         galleries = [(g.id, g.name, g.model_id) for g in repo.s.scalars(select(Gallery).order_by(Gallery.id))]
     probes: dict[str, np.ndarray] = {}
     matches: list[ErasureMatch] = []
     for gid, name, model in galleries:
         if model not in probes:
-            probes[model] = _probe_embeddings(ctx, photos, model)
+            probes[model] = _probe_embeddings(ctx, rgbs, model, names)
         threshold = ctx.threshold_for(model).value
         best: dict[int, float] = {}
         with ctx.repo() as repo:
@@ -80,11 +92,28 @@ def find_matches(ctx: AppContext, photos: list[Path]) -> tuple[list[ErasureMatch
                                       .join(Image, Image.id == Face.image_id).where(Face.id.in_(list(best)))).all()
                 per_image: dict[int, ErasureMatch] = {}
                 for fid, iid, subj, path in rows:
-                    m = ErasureMatch(name, gid, model, iid, subj, path, best[fid])
+                    m = ErasureMatch(name, gid, model, iid, subj, path, best[fid], fid)
                     if iid not in per_image or m.score > per_image[iid].score:
                         per_image[iid] = m
                 matches += sorted(per_image.values(), key=lambda m: -m.score)
     return matches, probes
+
+
+def image_items(matches: list[ErasureMatch]) -> str:
+    """The ``erasure_requests.images`` column: what :func:`complete` deletes."""
+    return json.dumps([[m.gallery_id, m.model_id, m.image_id] for m in matches])
+
+
+def add_suppressions(ctx: AppContext, repo, probes: dict[str, np.ndarray], now: datetime,  # noqa: ANN001
+                     request_public_id: str | None) -> int:
+    """One suppression entry per model: the mean of the person's probe embeddings, encrypted."""
+    for model, emb in probes.items():
+        t = emb.mean(axis=0)
+        t = (t / (np.linalg.norm(t) + 1e-12)).astype(np.float32)
+        sid = secrets.token_hex(16)
+        repo.s.add(Suppression(public_id=sid, model_id=model, created_at=now, request_id=request_public_id,
+                               ciphertext=ctx.cipher.encrypt(t.tobytes(), aad=f"suppression:{sid}")))
+    return len(probes)
 
 
 def erase(ctx: AppContext, matches: list[ErasureMatch], probes: dict[str, np.ndarray], actor: str) -> str:
@@ -93,14 +122,9 @@ def erase(ctx: AppContext, matches: list[ErasureMatch], probes: dict[str, np.nda
     now = _now()
     with ctx.repo() as repo:
         req = ErasureRequest(public_id=rid, created_at=now, status="pending", actor=actor,
-                             images=json.dumps([[m.gallery_id, m.model_id, m.image_id] for m in matches]))
+                             images=image_items(matches), confirmed_by=actor, confirmed_at=now)
         repo.s.add(req)
-        for model, emb in probes.items():
-            t = emb.mean(axis=0)
-            t = (t / (np.linalg.norm(t) + 1e-12)).astype(np.float32)
-            sid = secrets.token_hex(16)
-            repo.s.add(Suppression(public_id=sid, model_id=model, created_at=now,
-                                   ciphertext=ctx.cipher.encrypt(t.tobytes(), aad=f"suppression:{sid}")))
+        add_suppressions(ctx, repo, probes, now, rid)
         repo.s.flush()
         req_id = req.id
     complete(ctx, req_id)
@@ -131,8 +155,9 @@ def complete(ctx: AppContext, req_id: int) -> None:
                 repo.delete_image(iid)
         with ctx.repo() as repo:
             ctx.indexes.rebuild(repo, key, ctx.dim_of(model))  # now in step with the database
-    with ctx.repo() as repo:
-        repo.s.execute(update(ErasureRequest).where(ErasureRequest.id == req_id).values(status="done"))
+    with ctx.repo() as repo:  # what was shown for confirmation goes with the images
+        repo.s.execute(update(ErasureRequest).where(ErasureRequest.id == req_id).values(
+            status="done", matches=None, probes=None))
     if ctx.engine.dialect.name == "sqlite":  # overwrite what the write-ahead log still holds
         with ctx.engine.connect() as conn:
             conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
@@ -167,20 +192,27 @@ class Suppressions:
         return self.vectors is not None and bool((self.vectors @ embedding).max() > self.threshold)
 
 
-def lift(ctx: AppContext, suppression_id: str, actor: str) -> None:
+def lift(ctx: AppContext, suppression_id: str, actor: str, reason: str | None = None,
+         request_id: str | None = None) -> None:
+    """Lift a suppression entry: later ingests keep the person's photos again (audited)."""
+    from facesearch.errors import SuppressionAlreadyLifted, SuppressionNotFound
+
+    reason = (reason or "").strip()[:500] or None
     with ctx.repo() as repo:
         row = repo.s.scalar(select(Suppression).where(Suppression.public_id == suppression_id))
         if row is None:
-            from facesearch.errors import NotFound
-
-            raise NotFound(f"suppression {suppression_id} does not exist")
-        row.lifted_at = _now()
+            raise SuppressionNotFound(f"suppression {suppression_id} does not exist")
+        if row.lifted_at is not None:
+            raise SuppressionAlreadyLifted(f"suppression {suppression_id} was lifted already")
+        row.lifted_at, row.lifted_by, row.lift_reason = _now(), actor, reason
     ctx.audit.append(AuditAction.ERASURE, actor=actor, agency=None, target=f"suppression:{suppression_id}",
-                     outcome=AuditOutcome.SUCCESS, request_id=None, details={"change": "suppression_lifted"})
+                     outcome=AuditOutcome.SUCCESS, request_id=request_id,
+                     details={"change": "suppression_lifted", "reason": reason})
 
 
-__all__ = ["ErasureMatch", "FaceSearchError", "Suppressions", "complete", "erase", "find_matches", "lift",
-           "resume_pending"]
+__all__ = ["AccessReport", "ErasureMatch", "FaceSearchError", "Suppressions", "access_report", "access_report_pdf",
+           "add_suppressions", "complete", "erase", "find_matches", "find_matches_rgb", "image_items", "lift",
+           "read_photos", "resume_pending"]
 
 
 @dataclass(frozen=True)
@@ -198,12 +230,17 @@ class AccessReport:
                 "notice": "Matches were found by face similarity and should be checked by a person."}
 
 
-def access_report(ctx: AppContext, photos: list[Path]) -> AccessReport:
+def access_report(ctx: AppContext, photos: list[Path], actor: str = "privacy") -> AccessReport:
+    return access_report_rgb(ctx, read_photos(ctx, photos), actor=actor, names=[str(p) for p in photos])
+
+
+def access_report_rgb(ctx: AppContext, rgbs: list[np.ndarray], actor: str, names: list[str] | None = None,
+                      request_id: str | None = None, fmt: str = "json") -> AccessReport:
     from sqlalchemy import func
 
     from facesearch.store.tables import SearchCandidate
 
-    matches, probes = find_matches(ctx, photos)
+    matches, probes = find_matches_rgb(ctx, rgbs, names)
     images = []
     with ctx.repo() as repo:
         for m in matches:
@@ -218,8 +255,9 @@ def access_report(ctx: AppContext, photos: list[Path]) -> AccessReport:
                            "searches_returned": int(searches)})
     suppressed = any(Suppressions(ctx, model).matches(emb.mean(axis=0) / np.linalg.norm(emb.mean(axis=0)))
                      for model, emb in probes.items())
-    ctx.audit.append(AuditAction.AUDIT_READ, actor="privacy", agency=None, target="access_request",
-                     outcome=AuditOutcome.SUCCESS, request_id=None, details={"images": len(images)})
+    ctx.audit.append(AuditAction.AUDIT_READ, actor=actor, agency=None, target="access_request",
+                     outcome=AuditOutcome.SUCCESS, request_id=request_id,
+                     details={"images": len(images), "photos": len(rgbs), "format": fmt})
     return AccessReport(_now(), tuple(images), suppressed)
 
 

@@ -29,19 +29,18 @@ import os
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
-from sqlalchemy import select
 
 from facesearch.audit import AuditAction, AuditOutcome
 from facesearch.auth import (DEFAULT_LOCKOUT_POLICY, LockoutState, dummy_verify, hash_token, normalise_user_name,
                              verify_password)
-from facesearch.auth.permissions import Perm, Principal, Role, require
+from facesearch.auth.permissions import Principal, Role
 from facesearch.auth.tokens import (DEFAULT_SESSION_POLICY, SessionPolicy, SessionRecord, start_session,
                                     use_session)
 from facesearch.auth.totp import provisioning_uri
-from facesearch.errors import AuthenticationFailed, CsrfRejected, Forbidden, TokenInvalid
-from facesearch.services.accounts import Accounts, NewUser, now_utc
+from facesearch.errors import AuthenticationFailed, CsrfRejected, TokenInvalid
+from facesearch.services.accounts import Accounts, NewUser, now_utc, roles_creatable_by
 from facesearch.services.context import AppContext
-from facesearch.store.tables import Agency, Lockout, Token, User
+from facesearch.store.tables import Agency, Token, User
 
 SESSION_COOKIE = "fs_session"
 LOGIN_CSRF_COOKIE = "fs_login_csrf"
@@ -114,12 +113,13 @@ class WebSessions:
         now = self.clock()
         key = normalise_user_name(username or "")
         policy = DEFAULT_LOCKOUT_POLICY
-        audit = dict(actor=key or "(empty)", target=f"login:{key}", request_id=request_id)
         with self.ctx.repo() as repo:
-            row = repo.s.get(Lockout, key)
+            row = repo.lockout(key)
+            ref = repo.name_ref(key)  # names never enter the audit trail: a keyed pseudonym
             state = LockoutState(key=key) if row is None else LockoutState(
                 key=key, failures=row.failures, window_started_at=_aware(row.window_started_at),
                 locked_until=_aware(row.locked_until))
+        audit = dict(actor=f"name:{ref}", target=f"login:{ref}", request_id=request_id)
         try:
             policy.check(state, now)
         except Exception:
@@ -129,7 +129,7 @@ class WebSessions:
         uri = None
         agency_name = None
         with self.ctx.repo() as repo:
-            user = repo.s.scalar(select(User).where(User.username_key == key))
+            user = repo.user_by_name(key)
             if user is None or user.disabled:
                 dummy_verify(password or "", params=self.accounts.argon2)
             else:
@@ -137,13 +137,10 @@ class WebSessions:
                 if ok and not user.totp_confirmed:
                     uri = provisioning_uri(user.totp_secret, user.username_key)
                 if user.agency_id:
-                    agency_name = repo.s.get(Agency, user.agency_id).name
+                    agency_name = repo.s.get(Agency, user.agency_id).public_id
             if uri is None:
                 state = policy.register_failure(state, now)
-                row = repo.s.get(Lockout, key)
-                if row is None:
-                    row = Lockout(key=key, failures=0)
-                    repo.s.add(row)
+                row = repo.lockout_for_update(key)
                 row.failures, row.window_started_at, row.locked_until = (
                     state.failures, state.window_started_at, state.locked_until)
         self.ctx.audit.append(AuditAction.LOGIN, agency=agency_name,
@@ -173,7 +170,7 @@ class WebSessions:
             t.last_used_at = record.last_seen_at
             agency = repo.s.get(Agency, u.agency_id) if u.agency_id else None
             return Principal(u.id, u.public_id, u.username_key, Role(u.role), u.agency_id,
-                             agency.name if agency else None)
+                             agency.name if agency else None, agency.public_id if agency else None)
 
     def sign_out(self, token: str, principal: Principal, request_id: str | None = None) -> None:
         """Revoke the session (and audit the logout, as for API tokens)."""
@@ -181,29 +178,11 @@ class WebSessions:
 
 
 # user administration -----------------------------------------------------------------------------
-def roles_creatable_by(p: Principal) -> list[str]:
-    """The roles ``p`` may give to a new user (the rules of ``POST /api/v1/users``)."""
-    if p.role == Role.SYSADMIN:
-        return [Role.AGENCY_ADMIN.value]
-    if p.role == Role.AGENCY_ADMIN:
-        return [Role.INVESTIGATOR.value, Role.SUPERVISOR.value, Role.AGENCY_ADMIN.value]
-    return []
-
-
 def create_user(ctx: AppContext, p: Principal, username: str, password: str, role: str,
                 agency: str | None) -> NewUser:
-    """A new user created by ``p``: system administrators create agency administrators of any
-    agency; agency administrators create users of their own agency, never system
-    administrators. The same rules as the API's ``POST /api/v1/users`` (which keeps them
-    inline); both should move into :class:`Accounts`."""
-    require(p, Perm.USER_MANAGE)
-    if role not in roles_creatable_by(p):
-        raise Forbidden(f"a {p.role.value} cannot create a user with the role {role!r}")
-    if p.role == Role.SYSADMIN:
-        return Accounts(ctx).add_user(username, password, role, (agency or "").strip() or None,
-                                      actor=p.username, actor_agency_id=None)
-    return Accounts(ctx).add_user(username, password, role, p.agency_name, actor=p.username,
-                                  actor_agency_id=p.agency_id)
+    """A new user created by ``p``: the rules of :meth:`Accounts.create_user`, which the API's
+    ``POST /api/v1/users`` uses too."""
+    return Accounts(ctx).create_user(p, username, password, role, agency)
 
 
 __all__ = ["SESSION_COOKIE", "LOGIN_CSRF_COOKIE", "CsrfRejected", "WebSession", "WebSessions", "check_csrf",

@@ -189,6 +189,12 @@ class ErasureRequest(Base):
     status: Mapped[str] = mapped_column(String(20))
     images: Mapped[str] = mapped_column(Text)
     actor: Mapped[str] = mapped_column(String(200))
+    # filed through the service (0011): encrypted probe embeddings until confirmed or cancelled,
+    # the matches shown for confirmation (encrypted) until the erasure is done
+    probes: Mapped[bytes | None] = mapped_column(LargeBinary)
+    matches: Mapped[str | None] = mapped_column(Text)
+    confirmed_by: Mapped[str | None] = mapped_column(String(200))
+    confirmed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
 class Suppression(Base):
@@ -201,3 +207,6 @@ class Suppression(Base):
     ciphertext: Mapped[bytes] = mapped_column(LargeBinary)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     lifted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    request_id: Mapped[str | None] = mapped_column(String(32))  # the erasure request's public id
+    lifted_by: Mapped[str | None] = mapped_column(String(200))
+    lift_reason: Mapped[str | None] = mapped_column(Text)

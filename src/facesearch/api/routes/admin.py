@@ -5,8 +5,7 @@ from pydantic import BaseModel
 
 from facesearch.api.deps import CtxDep, RequestId, allowed_principal
 from facesearch.audit import AuditAction, AuditOutcome
-from facesearch.auth.permissions import Perm, Role
-from facesearch.errors import Forbidden
+from facesearch.auth.permissions import Perm
 from facesearch.services.accounts import Accounts
 
 router = APIRouter(prefix="/api/v1", tags=["administration"])
@@ -20,7 +19,7 @@ class AgencyIn(BaseModel):
 
 @router.post("/agencies", status_code=201)
 def add_agency(body: AgencyIn, ctx: CtxDep, principal: allowed_principal(Perm.AGENCY_CREATE)) -> dict[str, object]:
-    return Accounts(ctx).add_agency(body.name, body.case_pattern, body.purposes, actor=principal.username).to_json()
+    return Accounts(ctx).add_agency(body.name, body.case_pattern, body.purposes, actor=principal.audit_actor).to_json()
 
 
 class UserIn(BaseModel):
@@ -32,18 +31,10 @@ class UserIn(BaseModel):
 
 @router.post("/users", status_code=201)
 def add_user(body: UserIn, ctx: CtxDep, principal: allowed_principal(Perm.USER_MANAGE)) -> dict[str, object]:
-    """System administrators create agency administrators; agency administrators create the
-    users of their own agency (never administrators of another agency or system administrators)."""
-    if principal.role == Role.SYSADMIN:
-        if body.role != Role.AGENCY_ADMIN.value:
-            raise Forbidden("a system administrator creates only agency administrators")
-        scope = None
-    else:
-        if body.role in (Role.SYSADMIN.value,):
-            raise Forbidden("an agency administrator cannot create system administrators")
-        scope = principal.agency_id
-    return Accounts(ctx).add_user(body.username, body.password, body.role, body.agency,
-                                  actor=principal.username, actor_agency_id=scope).to_json()
+    """Who may create which role is decided by :meth:`Accounts.create_user` (system
+    administrators: agency administrators and privacy officers; agency administrators: the
+    users of their own agency)."""
+    return Accounts(ctx).create_user(principal, body.username, body.password, body.role, body.agency).to_json()
 
 
 class GrantIn(BaseModel):
@@ -56,7 +47,7 @@ def grant(name: str, body: GrantIn, ctx: CtxDep, rid: RequestId,
     """Share a gallery with another agency."""
     from facesearch.services.casework import grant_gallery
 
-    grant_gallery(ctx, name, body.agency, actor=principal.username, request_id=rid)
+    grant_gallery(ctx, name, body.agency, actor=principal.audit_actor, request_id=rid)
     return {"gallery": name, "agency": body.agency}
 
 
@@ -64,7 +55,7 @@ def grant(name: str, body: GrantIn, ctx: CtxDep, rid: RequestId,
 def audit_verify(ctx: CtxDep, rid: RequestId, principal: allowed_principal(Perm.AUDIT_VERIFY)) -> dict[str, object]:
     """Check the whole audit chain; reports the first broken link."""
     report = ctx.audit.verify()
-    ctx.audit.append(AuditAction.AUDIT_READ, actor=principal.username, agency=principal.agency_name,
+    ctx.audit.append(AuditAction.AUDIT_READ, actor=principal.audit_actor, agency=principal.audit_agency,
                      target="audit:verify", outcome=AuditOutcome.SUCCESS, request_id=rid,
                      details={"ok": report.ok})
     return report.to_json()

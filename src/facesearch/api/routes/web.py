@@ -51,7 +51,7 @@ STATUS_TEXT = {
     "no_match": "No match: every candidate was rejected",
 }
 ROLE_TEXT = {"sysadmin": "system administrator", "agency_admin": "agency administrator",
-             "supervisor": "supervisor", "investigator": "investigator"}
+             "supervisor": "supervisor", "investigator": "investigator", "privacy_officer": "privacy officer"}
 
 
 # -- plumbing --------------------------------------------------------------------------------------
@@ -275,6 +275,8 @@ def home(user: User) -> Response:
         return _see_other("/dashboard")
     if user.can(Perm.USER_MANAGE):
         return _see_other("/admin/users")
+    if user.can(Perm.ERASURE_REQUEST):
+        return _see_other("/privacy")
     return _html("error.html", user, status=403, code="forbidden", message="your role has no pages here")
 
 
