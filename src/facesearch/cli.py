@@ -137,15 +137,18 @@ class _Progress:
         console = Console(stderr=True)
         self._p = Progress(TextColumn(f"{self.what}"), BarColumn(), MofNCompleteColumn(),
                            TaskProgressColumn(), Rate(), TextColumn("ETA"), TimeRemainingColumn(),
-                           TextColumn("{task.fields[faces]} faces"),
+                           TextColumn("{task.fields[faces]} faces"), TextColumn("{task.fields[stages]}"),
                            console=console, disable=not console.is_terminal, transient=False)
         self._p.__enter__()
-        self._task = self._p.add_task(self.what, total=self.total, faces=0)
+        self._task = self._p.add_task(self.what, total=self.total, faces=0, stages="")
         return self
 
     def update(self, done: int, total: int, summary: Any = None) -> None:
         if self._p is not None:
-            self._p.update(self._task, completed=done, total=total, faces=getattr(summary, "faces", "-"))
+            rates = getattr(summary, "stage_rates", None) or {}
+            stages = " ".join(f"{k} {v:.1f}/s" for k, v in rates.items())  # each ingest stage's rate
+            self._p.update(self._task, completed=done, total=total, faces=getattr(summary, "faces", "-"),
+                           stages=stages)
 
     def __exit__(self, *exc: object) -> None:
         if self._p is not None:

@@ -41,6 +41,13 @@ class Settings(BaseSettings):
     # dlib's ResNet runs as our own ONNX conversion of its weights (same embeddings, cosine
     # >= 0.9999999, ~13x faster); "dlib" keeps dlib's own implementation as the reference.
     embed_backend: Literal["onnx", "dlib"] = "onnx"
+    # dlib's 150x150 chip computed with OpenCV from the 5 landmarks (mean pixel difference ~0.5
+    # from dlib's, embeddings cosine >= 0.99998); "dlib" keeps dlib's get_face_chip as reference.
+    align_backend: Literal["opencv", "dlib"] = "opencv"
+    # where detection and embedding run: "cuda" needs the `gpu` extra (PyTorch with CUDA) and
+    # falls back to the CPU, with one log line, when no CUDA device is there.
+    device: Literal["cpu", "cuda"] = "cpu"
+    embed_batch: int = 64  # chips per inference call (ONNX Runtime or PyTorch)
 
     # index
     # "milvus": galleries without a recorded placement use Milvus (index/milvus_backend.py); a

@@ -190,6 +190,8 @@ class IngestSummary:
     errors: int = 0
     reasons: dict[str, int] = field(default_factory=dict)
     error_details: list[dict[str, str]] = field(default_factory=list)
+    # images per second each ingest stage sustains (decode, detect, landmarks, embed, store)
+    stage_rates: dict[str, float] = field(default_factory=dict)
 
     def add_reason(self, reason: str) -> None:
         self.reasons[reason] = self.reasons.get(reason, 0) + 1

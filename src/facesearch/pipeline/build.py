@@ -2,6 +2,8 @@
 and the one place a pack's licence acceptance is checked."""
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 
 from facesearch.config import Settings
@@ -13,6 +15,8 @@ from facesearch.models.packs import ModelPack, PackRegistry
 from facesearch.pipeline.pipeline import FacePipeline, PipelineOptions
 from facesearch.pipeline.quality import QualityPolicy
 
+log = logging.getLogger(__name__)
+
 DLIB_RESNET = "dlib-resnet-v1"
 DETECTOR_ALIASES = {"hog": "dlib-hog", "mtcnn": "mtcnn", "scrfd": "scrfd-500m"}
 
@@ -22,7 +26,20 @@ def pipeline_options(settings: Settings) -> PipelineOptions:
         flip=settings.jitter_flip,
         quality=QualityPolicy(settings.min_face_px, settings.min_sharpness, settings.max_pose),
         landmarks=settings.landmarks,
+        align_backend=settings.align_backend,
     )
+
+
+def resolve_device(settings: Settings) -> str:
+    """``settings.device``, or "cpu" with one log line when CUDA is asked for but unusable."""
+    if settings.device != "cuda":
+        return "cpu"
+    from facesearch.models.torch_models import resolve_device as usable, why_no_cuda
+
+    if usable("cuda") == "cuda":
+        return "cuda"
+    log.warning("FACESEARCH_DEVICE=cuda but %s: detection and embedding run on the CPU", why_no_cuda())
+    return "cpu"
 
 
 def packs_for(settings: Settings, registry: ModelRegistry | None = None) -> PackRegistry:
@@ -30,7 +47,12 @@ def packs_for(settings: Settings, registry: ModelRegistry | None = None) -> Pack
     return PackRegistry(registry, [settings.home / "packs"])
 
 
-def make_detector(detector_id: str, registry: ModelRegistry, settings: Settings) -> Detector:
+def make_detector(detector_id: str, registry: ModelRegistry, settings: Settings,
+                  device: str = "cpu") -> Detector:
+    if device == "cuda" and detector_id == "mtcnn":
+        from facesearch.models.torch_models import TorchMtcnnDetector
+
+        return TorchMtcnnDetector(registry.get("mtcnn"), device="cuda")
     if detector_id == "dlib-hog":
         return DlibHogDetector(upsample=settings.upsample, max_side=settings.max_side_for_detection)
     if detector_id == "mtcnn":
@@ -65,7 +87,8 @@ class ConvertedEmbedder:
         return self.inner.embed(chips)
 
 
-def make_embedder(embedder_id: str, registry: ModelRegistry, settings: Settings) -> Embedder:
+def make_embedder(embedder_id: str, registry: ModelRegistry, settings: Settings,
+                  device: str = "cpu") -> Embedder:
     manifest = registry.get(embedder_id)
     if manifest.id == DLIB_RESNET and settings.embed_backend == "onnx":
         from facesearch.models.dlib_onnx import ensure_onnx
@@ -73,7 +96,13 @@ def make_embedder(embedder_id: str, registry: ModelRegistry, settings: Settings)
         from facesearch.models.onnx_embedder import OnnxEmbedder
 
         converted = load_manifest(ensure_onnx(settings.home))
-        return ConvertedEmbedder(manifest, OnnxEmbedder(converted, threads=settings.ort_threads))
+        if device == "cuda":
+            from facesearch.models.torch_models import TorchEmbedder
+
+            return ConvertedEmbedder(manifest, TorchEmbedder(converted, device="cuda",
+                                                             batch_size=settings.embed_batch))
+        return ConvertedEmbedder(manifest, OnnxEmbedder(converted, threads=settings.ort_threads,
+                                                        batch_size=settings.embed_batch))
     return load_embedder(manifest, threads=settings.ort_threads)
 
 
@@ -85,12 +114,19 @@ def build_pipeline(settings: Settings, registry: ModelRegistry | None = None,
     if not isinstance(pack, ModelPack):
         pack = packs_for(settings, registry).get(pack or settings.model)
     pack.check_accepted(settings.accept_model_license)
-    embedder = make_embedder(pack.embedder, registry, settings)
+    device = resolve_device(settings)
+    embedder = make_embedder(pack.embedder, registry, settings, device)
     detector_id = DETECTOR_ALIASES[settings.detector] if settings.detector else pack.detector
+    if device == "cuda" and detector_id != "mtcnn":
+        if settings.detector:
+            log.warning("detector %s has no CUDA path: detection runs on the CPU", detector_id)
+        else:  # the pack's HOG detector has no GPU path; MTCNN does
+            detector_id = "mtcnn"
     return FacePipeline(
-        detector=make_detector(detector_id, registry, settings),
+        detector=make_detector(detector_id, registry, settings, device),
         landmarks=DlibLandmarks(registry.get(pack.landmarks or "dlib-5pt")),
         embedder=embedder,
         options=pipeline_options(settings),
         pack=pack.id,
+        device=device,
     )

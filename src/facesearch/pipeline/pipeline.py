@@ -13,7 +13,7 @@ import numpy as np
 
 from facesearch.models.base import Detector, Embedder
 from facesearch.models.dlib_models import DlibLandmarks
-from facesearch.pipeline.align import DLIB5, FIVE, align
+from facesearch.pipeline.align import DLIB5, FIVE, OPENCV, align
 from facesearch.pipeline.quality import QualityPolicy, assess
 from facesearch.types import BBox, DetectedFace, Face
 
@@ -23,14 +23,16 @@ class PipelineOptions:
     flip: bool = True
     quality: QualityPolicy = QualityPolicy()
     landmarks: str = "auto"  # "auto": the detector's own 5 points for ArcFace alignment; "dlib": always dlib's
+    align_backend: str = OPENCV  # who computes dlib's chip: "opencv" (default) or "dlib" (reference)
 
 
 class FacePipeline:
     """Built once with its models (see ``pipeline.build``); the models load lazily."""
 
     def __init__(self, detector: Detector, landmarks: DlibLandmarks, embedder: Embedder,
-                 options: PipelineOptions, pack: str = "") -> None:
+                 options: PipelineOptions, pack: str = "", device: str = "cpu") -> None:
         self.detector = detector
+        self.device = device  # where detection and embedding run: "cpu" or "cuda"
         self.landmarks = landmarks
         self.embedder = embedder
         self.options = options
@@ -61,7 +63,7 @@ class FacePipeline:
         for d in dets:
             lm, scheme = self._landmarks_for(image, d)
             metas.append((d, lm, scheme))
-            chips.append(align(image, d.bbox, lm, alignment, size, scheme))
+            chips.append(align(image, d.bbox, lm, alignment, size, scheme, self.options.align_backend))
         arr = np.stack(chips) if chips else np.zeros((0, size[1], size[0], 3), dtype=np.uint8)
         return metas, arr
 
@@ -91,22 +93,33 @@ class FacePipeline:
         if dets is None:
             dets = self.detector.detect_batch(images)
         t1 = time.perf_counter()
-        per_image, all_chips = [], []
-        for image, ds in zip(images, dets):
-            metas, chips = self.chips(image, ds)
-            per_image.append(metas)
-            all_chips.append(chips)
+        prepared = self.prepare(images, dets)
         t2 = time.perf_counter()
         t["detect"] = t.get("detect", 0.0) + (t1 - t0)
         t["landmarks"] = t.get("landmarks", 0.0) + (t2 - t1)
-        if not any(len(c) for c in all_chips):
-            return [[] for _ in images]
-        chips = np.concatenate([c for c in all_chips if len(c)])
-        emb = self.embed_chips(chips)
+        emb = self.embed_prepared(prepared)
         t["embed"] = t.get("embed", 0.0) + (time.perf_counter() - t2)
+        return self.faces(prepared, emb)
+
+    # The three steps of analyze_batch after detection, separable so that the ingest stages
+    # (pipeline/stages.py) can run them in different threads and batch chips across images.
+    def prepare(self, images: Sequence[np.ndarray],
+                dets: Sequence[Sequence[DetectedFace]]) -> list[tuple[list[tuple], np.ndarray]]:
+        """Per image: its landmarks and aligned chips, ``([(det, landmarks, scheme)], chips)``."""
+        return [self.chips(image, ds) for image, ds in zip(images, dets)]
+
+    def embed_prepared(self, prepared: Sequence[tuple[list[tuple], np.ndarray]]) -> np.ndarray:
+        """One embedding per chip of every image, in one batched call."""
+        parts = [c for _, c in prepared if len(c)]
+        if not parts:
+            return np.zeros((0, self.embedder.dim), dtype=np.float32)
+        return self.embed_chips(np.concatenate(parts))
+
+    def faces(self, prepared: Sequence[tuple[list[tuple], np.ndarray]], emb: np.ndarray) -> list[list[Face]]:
+        """Quality-assessed faces of each image from its prepared chips and their embeddings."""
         out: list[list[Face]] = []
         i = 0
-        for metas, cs in zip(per_image, all_chips):
+        for metas, cs in prepared:
             faces = []
             for j, (d, lm, scheme) in enumerate(metas):
                 q = assess(d.bbox, lm, cs[j], self.options.quality, scheme)

@@ -3,8 +3,10 @@
 Idempotent by content hash: an image already in the gallery is skipped, so an ingest that
 was killed at any point is resumed by running it again. Each image and its faces are
 committed in one transaction; the index is derived from the database (see IndexManager).
-Decoding, detection and embedding run in worker processes (``settings.workers``); the main
-process owns the database and the index.
+Decoding, detection + alignment and embedding overlap (pipeline/stages.py): as threads of
+this process with one worker, in worker processes with more (``settings.workers``), images in
+chunks of ``settings.batch_size`` with a bounded number of chunks in flight. The main process
+owns the database and the index.
 """
 from __future__ import annotations
 
@@ -14,8 +16,6 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ProcessPoolExecutor
-from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -26,11 +26,11 @@ from facesearch.audit import AuditAction, AuditOutcome
 from facesearch.errors import (
     Conflict, FaceSearchError, InvalidInput, MissingLegalBasis, ModelMismatch, PathNotFound,
 )
-from facesearch.pipeline.decode import image_sha256, read_image
-from facesearch.pipeline.build import build_pipeline
+from facesearch.pipeline.decode import image_sha256
+from facesearch.pipeline.stages import Analysis, StageMeter, chunked, run_chunks
 from facesearch.services.context import AppContext
 from facesearch.services.provenance import SOCIAL_SOURCE, check_source
-from facesearch.types import Face, ImageInfo, IngestItem, IngestSummary
+from facesearch.types import IngestItem, IngestSummary
 
 log = logging.getLogger(__name__)
 
@@ -100,47 +100,9 @@ def manifest_items(path: Path) -> list[IngestItem]:
     return items
 
 
-# -- worker side --------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Analysis:
-    info: ImageInfo | None
-    faces: tuple[Face, ...] = ()
-    error_code: str | None = None
-    error: str | None = None
-    timings: dict[str, float] = field(default_factory=dict)
-
-
-class Analyzer:
-    """Decode + detect + align + embed one image. Built once per worker process."""
-
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings
-        self.pipeline = build_pipeline(settings)
-
-    def __call__(self, path: str) -> Analysis:
-        t: dict[str, float] = {}
-        t0 = time.perf_counter()
-        try:
-            img = read_image(Path(path), max_pixels=self.settings.max_pixels,
-                             max_bytes=self.settings.max_file_bytes)
-        except FaceSearchError as e:
-            return Analysis(None, error_code=e.code, error=e.message)
-        t["decode"] = time.perf_counter() - t0
-        faces = self.pipeline.analyze_batch([img.rgb], timings=t)[0]
-        return Analysis(img.info, tuple(faces), timings=t)
-
-
-_WORKER: Analyzer | None = None  # one per worker process, set by the pool initializer
-
-
-def _init_worker(settings_json: str) -> None:
-    global _WORKER
-    _WORKER = Analyzer(Settings.model_validate_json(settings_json))
-
-
-def _work(path: str) -> Analysis:
-    assert _WORKER is not None
-    return _WORKER(path)
+# -- worker side: pipeline/stages.py (decode, detect + align, embed, overlapped) ------------------
+# ``Analysis`` is re-exported here for the services that used it from this module.
+__all__ = ["Analysis", "IngestService", "folder_items", "items_from", "manifest_items"]
 
 
 # -- the service --------------------------------------------------------------------------------
@@ -151,6 +113,7 @@ class IngestService:
     def __init__(self, ctx: AppContext) -> None:
         self.ctx = ctx
         self.stage_seconds: dict[str, float] = {}
+        self.meter: StageMeter | None = None  # the last ingest's per-stage counts and times
 
     def ingest(
         self, items: list[IngestItem], *, gallery: str, legal_basis: str | None = None,
@@ -265,34 +228,33 @@ class IngestService:
                 pending_hashes.add(sha)
                 yield item, basis, guard.warrant_ref, sha
 
+        meter = StageMeter(parallel=workers)
+        self.meter = meter
+        batch = max(1, settings.batch_size)
         try:
-            if workers <= 1:
-                run = _InlineAnalyzer(self.ctx)
-                for item, basis, warrant, sha in prepared():
-                    finish(item, basis, warrant, sha, run(item.path))
+            work: deque[list[tuple[IngestItem, str, str | None, str]]] = deque()
+
+            def chunks() -> Iterator[list[str]]:
+                for chunk in chunked(prepared(), batch):
+                    work.append(chunk)
+                    yield [c[0].path for c in chunk]
+
+            waiting: dict[int, list[tuple[IngestItem, str, str | None, str]]] = {}
+            sent = 0
+            for tag, r in run_chunks(chunks(), settings=settings, pipeline=self.ctx.pipeline if workers <= 1 else None,
+                                     workers=workers, meter=meter):
+                while sent <= tag:  # chunks are made in order; pair each result with its rows
+                    waiting[sent] = work.popleft()
+                    sent += 1
+                rows = waiting.pop(tag)
+                t0 = time.perf_counter()
+                for (item, basis, warrant, sha), a in zip(rows, r.analyses):
+                    finish(item, basis, warrant, sha, a)
                     done += 1
-                    if progress:
-                        progress(done, total, summary)
-            else:
-                with ProcessPoolExecutor(
-                    max_workers=workers, initializer=_init_worker,
-                    initargs=(settings.model_dump_json(),),
-                ) as pool:
-                    window: deque[tuple[IngestItem, str, str | None, str, Future[Analysis]]] = deque()
-                    for item, basis, warrant, sha in prepared():
-                        window.append((item, basis, warrant, sha, pool.submit(_work, item.path)))
-                        while len(window) >= workers * 3:
-                            it, b, w, s, fut = window.popleft()
-                            finish(it, b, w, s, fut.result())
-                            done += 1
-                            if progress:
-                                progress(done, total, summary)
-                    while window:
-                        it, b, w, s, fut = window.popleft()
-                        finish(it, b, w, s, fut.result())
-                        done += 1
-                        if progress:
-                            progress(done, total, summary)
+                meter.add("store", len(rows), time.perf_counter() - t0)
+                summary.stage_rates = meter.rates()
+                if progress:
+                    progress(done, total, summary)
         finally:
             self.ctx.indexes.save(key)
         with self.ctx.repo() as repo:
@@ -314,14 +276,6 @@ class IngestService:
         summary.errors += 1
         summary.add_reason(code)
         summary.error_details.append({"path": path, "code": code, "reason": message})
-
-
-class _InlineAnalyzer(Analyzer):
-    """An Analyzer that reuses the context's already-loaded pipeline."""
-
-    def __init__(self, ctx: AppContext) -> None:  # noqa: D107 - deliberately not calling super
-        self.settings = ctx.settings
-        self.pipeline = ctx.pipeline
 
 
 def _hash_file(path: Path, max_bytes: int) -> str:
