@@ -38,5 +38,9 @@ def transparency_notice(ctx: AppContext) -> dict[str, object]:
                         "access": "You may ask what is held about you: send a photo of yourself to the contact "
                                   "above; you receive a report of the images held, their sources and legal bases.",
                         "erasure": "You may ask for erasure: matching faces are found by your photo, confirmed "
-                                   "by a person and deleted, and you stay on a suppression list."},
+                                   "by a person and deleted, and you stay on a suppression list.",
+                        "how_requests_are_handled": "The operator's privacy officer files your request in the "
+                                                    "service (the privacy requests pages, or the API under "
+                                                    "/api/v1/privacy/); your photo is used only to find you and "
+                                                    "is not stored."},
     }

@@ -38,5 +38,6 @@ def transparency_page(ctx: CtxDep) -> HTMLResponse:
 <h2>Safeguards</h2><ul>{''.join(f'<li>{e(x)}</li>' for x in n['safeguards'])}</ul>
 <h2>Your rights</h2><p>Contact: {e(n['your_rights']['contact'])}</p>
 <p>{e(n['your_rights']['access'])}</p><p>{e(n['your_rights']['erasure'])}</p>
+<p>{e(n['your_rights']['how_requests_are_handled'])}</p>
 </main></body></html>"""
     return HTMLResponse(body, headers={"Content-Security-Policy": "default-src 'none'; style-src 'self'"})
