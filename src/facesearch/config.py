@@ -61,6 +61,10 @@ class Settings(BaseSettings):
     milvus_nprobe: int = 32  # IVF_* nprobe (nlist 1024 per segment)
     exact_max: int = 50_000  # galleries up to this size use exact search (bench/results/index.md)
     ann_target_recall: float = 0.99
+    # above exact_max: IVF with fp16 codes up to sq_max faces, then IVF-PQ re-ranked from float16
+    # vectors on disk; PQ lists go on disk when they would exceed index_ram_gib (index/factory.py)
+    sq_max: int = 2_000_000
+    index_ram_gib: float = 4.0
 
     # ingest
     workers: int = Field(default_factory=_default_workers)

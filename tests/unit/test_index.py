@@ -329,3 +329,176 @@ def test_set_threads():
             set_threads(0)
     finally:
         set_threads(before)
+
+
+# ----------------------------------------------------------------------------- compressed (IVF-PQ)
+
+from facesearch.index.compressed import PQIndex, pq_m  # noqa: E402
+from facesearch.index.factory import choose_kind  # noqa: E402
+from facesearch.index.manager import IndexKey, IndexManager  # noqa: E402
+
+PQ_D = 32
+PQ_N = 8000
+
+
+@pytest.fixture(scope="module")
+def pq_data():
+    return clustered(PQ_N, PQ_D, nq=300, seed=3)
+
+
+@pytest.fixture(scope="module")
+def pq_built(pq_data, tmp_path_factory):
+    x, ids, _ = pq_data
+    storage = tmp_path_factory.mktemp("pq") / "g"
+    return PQIndex.build(x, ids, storage=storage, target_recall=0.97, rerank=True, seed=1)
+
+
+def _r1(idx: VectorIndex, x, ids, q) -> float:
+    _, I = idx.search(q, 10)
+    return float(np.mean(I[:, 0] == brute_force(x, ids, q, 1)[:, 0]))
+
+
+def test_choose_kind_follows_gallery_size():
+    d = 128
+    assert choose_kind(50_000, d, exact_max=50_000) == "flat"
+    assert choose_kind(50_001, d, exact_max=50_000) == "ivf"
+    assert choose_kind(2_000_000, d, exact_max=50_000) == "ivf"
+    assert choose_kind(2_000_001, d, exact_max=50_000) == "ivfpq"
+    # fp16 lists would not fit the budget -> PQ even below sq_max
+    assert choose_kind(1_000_000, d, 50_000, ram_budget=200 * 2**20) == "ivfpq"
+    # 100M x (32 + 8) bytes = 3.7 GiB: fits 4 GiB; at 512-d (64 + 8 bytes) it does not
+    assert pq_m(128) == 32 and pq_m(512) == 64
+    assert choose_kind(100_000_000, 128, 50_000) == "ivfpq"
+    assert choose_kind(100_000_000, 512, 50_000) == "ivfpq-ondisk"
+
+
+def test_factory_builds_compressed_above_sq_max(pq_data, tmp_path: Path):
+    x, ids, q = pq_data
+    n = 3000
+    idx = build_index(x[:n], ids[:n], PQ_D, 1000, 0.95, sq_max=2000, storage=tmp_path / "s")
+    assert isinstance(idx, PQIndex) and not idx.params.on_disk and idx.rerank_depth > 0
+    ond = build_index(x[:n], ids[:n], PQ_D, 1000, 0.95, sq_max=2000, ram_budget=10_000,
+                      storage=tmp_path / "o")
+    assert isinstance(ond, PQIndex) and ond.params.on_disk
+    assert (tmp_path / "o.ivfdata").stat().st_size > 0
+    with pytest.raises(IndexError_, match="storage"):
+        build_index(x[:n], ids[:n], PQ_D, 1000, 0.95, sq_max=2000)
+    assert isinstance(build_index(x[:n], ids[:n], PQ_D, 1000, 0.95, sq_max=n), IVFIndex)
+
+
+def test_pq_recall_against_exact(pq_built, pq_data):
+    x, ids, q = pq_data
+    p = pq_built.params
+    assert pq_built.ntotal == PQ_N and p.tuned_recall_at_1 >= 0.97
+    assert p.m == pq_m(PQ_D) and 1 <= p.nprobe <= p.nlist
+    assert _r1(pq_built, x, ids, q) >= 0.95
+    # scores of re-ranked results are (float16) inner products
+    D, I = pq_built.search(q[:5], 3)
+    pos = {int(v): i for i, v in enumerate(ids)}
+    exact = np.array([[q[r] @ x[pos[int(i)]] for i in row] for r, row in enumerate(I)])
+    np.testing.assert_allclose(D, exact, atol=2e-3)
+
+
+def test_rerank_improves_recall(pq_built, pq_data):
+    x, ids, q = pq_data
+    tuned = pq_built.rerank_depth
+    assert tuned > 0
+    try:
+        pq_built.set_search(rerank_depth=0)
+        plain = _r1(pq_built, x, ids, q)
+        pq_built.set_search(rerank_depth=tuned)
+        reranked = _r1(pq_built, x, ids, q)
+    finally:
+        pq_built.set_search(rerank_depth=tuned)
+    assert reranked >= plain + 0.1, (plain, reranked)
+
+
+def test_pq_deletes_take_effect_at_once(pq_data, tmp_path: Path):
+    x, ids, q = pq_data
+    idx = PQIndex.build(x, ids, storage=tmp_path / "d", target_recall=0.95, seed=2)
+    _, I = idx.search(q, 10)
+    gone = np.unique(I[:, :3])
+    assert idx.remove_ids(np.concatenate([gone, [10**9]])) == len(gone)  # unknown ids ignored
+    assert idx.ntotal == PQ_N - len(gone)
+    _, J = idx.search(q, 10)
+    assert not np.isin(J, gone).any()
+    assert (J[:, 0] >= 0).all()
+    # re-adding a removed face under a new id makes it findable again
+    row = int(np.flatnonzero(ids == gone[0])[0])
+    idx.add_with_ids(x[row:row + 1], np.array([10**8]))
+    _, K1 = idx.search(x[row:row + 1], 1)
+    assert K1[0, 0] == 10**8
+    # survives a save/load
+    idx.save(tmp_path / "d.faiss")
+    back = load_index(tmp_path / "d.faiss")
+    _, J2 = back.search(q, 10)
+    assert not np.isin(J2, gone).any() and back.ntotal == idx.ntotal
+
+
+def test_pq_save_load_round_trip(pq_built, pq_data, tmp_path: Path):
+    x, ids, q = pq_data
+    path = tmp_path / "g.faiss"
+    pq_built.save(path)
+    back = load_index(path)
+    assert isinstance(back, PQIndex) and back.kind == pq_built.kind
+    assert back.params == pq_built.params
+    D1, I1 = pq_built.search(q, 10)
+    D2, I2 = back.search(q, 10)
+    np.testing.assert_array_equal(I1, I2)
+    np.testing.assert_allclose(D1, D2)
+
+
+def test_ondisk_lists_reopen(pq_data, pq_built, tmp_path: Path):
+    x, ids, q = pq_data
+    idx = PQIndex.build(x, ids, storage=tmp_path / "od", target_recall=0.95, on_disk=True, seed=4)
+    assert idx.params.on_disk and "ondisk" in idx.kind
+    lists = tmp_path / "od.ivfdata"
+    assert lists.stat().st_size >= PQ_N * idx.params.m
+    assert idx.memory_bytes() + PQ_N * (idx.params.m + 8) <= pq_built.memory_bytes()  # codes not resident
+    _, I = idx.search(q, 10)
+    idx.save(tmp_path / "od.faiss")
+    del idx
+    back = load_index(tmp_path / "od.faiss")
+    assert isinstance(back, PQIndex) and back.params.on_disk
+    _, J = back.search(q, 10)
+    np.testing.assert_array_equal(I, J)
+    assert _r1(back, x, ids, q) >= 0.93
+    del back
+    (tmp_path / "od.vec16").unlink()
+    with pytest.raises(IndexError_, match="vector store"):
+        load_index(tmp_path / "od.faiss")
+
+
+class _FakeRepo:
+    def __init__(self, x: np.ndarray, ids: np.ndarray) -> None:
+        self.x, self.ids = x, ids
+
+    def face_watermark(self, gallery_id: int, model_id: str) -> tuple[int, int]:
+        return len(self.ids), int(self.ids.max()) if len(self.ids) else 0
+
+    def iter_embeddings(self, gallery_id: int, model_id: str):
+        for s in range(0, len(self.ids), 1000):
+            yield self.ids[s:s + 1000], self.x[s:s + 1000]
+
+
+def test_manager_builds_compressed_streamed_and_cleans_old_files(pq_data, tmp_path: Path):
+    x, ids, q = pq_data
+    repo = _FakeRepo(x[:3000], ids[:3000])
+    m = IndexManager(tmp_path, exact_max=1000, target_recall=0.95, sq_max=2000)
+    key = IndexKey(1, "m")
+    idx = m.get(repo, key, PQ_D)
+    assert isinstance(idx, PQIndex)
+    first = set(p.name for p in tmp_path.iterdir())
+    assert any(n.endswith(".vec16") for n in first) and not any(n.endswith(".tmp") for n in first)
+    # a fresh manager reopens the saved index without rebuilding
+    m2 = IndexManager(tmp_path, exact_max=1000, target_recall=0.95, sq_max=2000)
+    again = m2.get(repo, key, PQ_D)
+    np.testing.assert_array_equal(idx.search(q, 5)[1], again.search(q, 5)[1])
+    # a rebuild writes new files and removes the old build's
+    repo.x, repo.ids = x[:3500], ids[:3500]
+    m2.rebuild(repo, key, PQ_D)
+    names = set(p.name for p in tmp_path.iterdir())
+    vec = [n for n in names if n.endswith(".vec16")]
+    assert len(vec) == 1 and vec[0] not in first
+    m2.drop(key)
+    assert not list(tmp_path.iterdir())

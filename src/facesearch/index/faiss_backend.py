@@ -192,9 +192,20 @@ class _FaissIndex:
     def _params(self) -> dict[str, Any]:
         return {}
 
+    def _payload(self) -> np.ndarray:
+        """The bytes saved after the header (uint8 array)."""
+        return faiss.serialize_index(self._index)
+
+    @classmethod
+    def _read_payload(cls, f: BinaryIO, nbytes: int, params: dict[str, Any]) -> _FaissIndex:
+        """Inverse of ``_payload``: ``f`` is positioned at the payload (already checksummed)."""
+        reader = faiss.PyCallbackIOReader(f.read, _CHUNK)
+        index = faiss.read_index(reader)
+        return cls._from_faiss(index, params)
+
     def save(self, path: Path) -> None:
         path = Path(path)
-        payload = faiss.serialize_index(self._index)  # uint8 array
+        payload = self._payload()  # uint8 array
         header = {
             "format": _FORMAT,
             "type": self._type,
@@ -440,7 +451,10 @@ def _tune_nprobe(
 
 # --------------------------------------------------------------------------- files
 
-_TYPES: dict[str, type[_FaissIndex]] = {"flat": FlatIndex, "ivf": IVFIndex}
+def _types() -> dict[str, type[_FaissIndex]]:
+    from facesearch.index.compressed import PQIndex  # imports this module
+
+    return {"flat": FlatIndex, "ivf": IVFIndex, "ivfpq": PQIndex}
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -534,7 +548,7 @@ def _load(f: BinaryIO) -> VectorIndex:
         raise _Corrupt(f"bad header ({e})") from None
     if fmt != _FORMAT:
         raise _Corrupt(f"unsupported format version {fmt} (this build reads {_FORMAT})")
-    cls = _TYPES.get(typ)
+    cls = _types().get(typ)
     if cls is None:
         raise _Corrupt(f"unknown index type {typ!r}")
 
@@ -555,14 +569,11 @@ def _load(f: BinaryIO) -> VectorIndex:
     # pass 2: stream into faiss
     f.seek(start)
     try:
-        reader = faiss.PyCallbackIOReader(f.read, _CHUNK)
-        index = faiss.read_index(reader)
-    except Exception as e:  # faiss raises RuntimeError on malformed data
-        raise _Corrupt(f"faiss could not read it ({e})") from None
-    try:
-        obj = cls._from_faiss(index, params)
+        obj = cls._read_payload(f, nbytes, params)
     except (ValueError, IndexError_) as e:
         raise _Corrupt(str(e)) from None
+    except Exception as e:  # faiss raises RuntimeError on malformed data
+        raise _Corrupt(f"faiss could not read it ({e})") from None
     if obj.d != d or obj.ntotal != ntotal:
         raise _Corrupt(
             f"contents (d={obj.d}, ntotal={obj.ntotal}) do not match header (d={d}, ntotal={ntotal})"

@@ -3,13 +3,22 @@
 The database is the source of truth. Each index file has a sidecar recording how many faces
 it holds and the highest face id; when either disagrees with the database (a killed ingest,
 a deleted or corrupt file), the index is rebuilt from the stored embeddings.
+
+The kind of index follows the gallery's size (``factory.choose_kind``). A compressed
+(IVF-PQ) index also keeps files next to its header file, under a prefix unique to each build
+(``gallery-<id>-<model>.<token>.vec16`` / ``.ivfdata``), so a rebuild never overwrites the
+files of the index still being served; the old build's files are deleted once the new one is
+saved. Galleries large enough for IVF-PQ are read from the database into a temporary float16
+file rather than into memory.
 """
 from __future__ import annotations
 
 import json
 import logging
 import os
+import re
 import threading
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,7 +26,8 @@ import numpy as np
 
 from facesearch.errors import IndexError_
 from facesearch.index.base import VectorIndex
-from facesearch.index.factory import build_index, needs_rebuild, new_index
+from facesearch.index.compressed import PQIndex
+from facesearch.index.factory import RAM_BUDGET, SQ_MAX, build_index, choose_kind, needs_rebuild, new_index
 from facesearch.index.faiss_backend import load_index
 
 log = logging.getLogger(__name__)
@@ -37,10 +47,13 @@ class IndexKey:
 
 
 class IndexManager:
-    def __init__(self, index_dir: Path, exact_max: int, target_recall: float) -> None:
+    def __init__(self, index_dir: Path, exact_max: int, target_recall: float, *,
+                 sq_max: int = SQ_MAX, ram_budget: int = RAM_BUDGET) -> None:
         self.dir = index_dir
         self.exact_max = exact_max
         self.target_recall = target_recall
+        self.sq_max = sq_max
+        self.ram_budget = ram_budget
         self._open: dict[IndexKey, VectorIndex] = {}
         self._max_id: dict[IndexKey, int] = {}
         self._lock = threading.RLock()
@@ -73,6 +86,7 @@ class IndexManager:
                 self._open[key] = index
                 self._max_id[key] = max_id
                 self.save(key)
+                self._remove_stale_files(key)
             self._open[key] = index
             self._max_id[key] = max_id
             return index
@@ -80,11 +94,51 @@ class IndexManager:
     def _build(self, repo, key: IndexKey, dim: int, count: int) -> VectorIndex:  # noqa: ANN001
         if count == 0:
             return new_index(dim)
+        storage = self.dir / f"{key.stem}.{uuid.uuid4().hex[:12]}"
+        if choose_kind(count, dim, self.exact_max, self.sq_max, self.ram_budget).startswith("ivfpq"):
+            return self._build_streamed(repo, key, dim, count, storage)
         ids, vecs = [], []
         for i, v in repo.iter_embeddings(key.gallery_id, key.model_id):
             ids.append(i)
             vecs.append(v)
-        return build_index(np.concatenate(vecs), np.concatenate(ids), dim, self.exact_max, self.target_recall)
+        return build_index(np.concatenate(vecs), np.concatenate(ids), dim, self.exact_max,
+                           self.target_recall, sq_max=self.sq_max, ram_budget=self.ram_budget,
+                           storage=storage)
+
+    def _build_streamed(self, repo, key: IndexKey, dim: int, count: int,  # noqa: ANN001
+                        storage: Path) -> VectorIndex:
+        """Copy the gallery's embeddings into a temporary float16 file (2 x dim bytes per
+        face), then build from it without holding every vector in memory."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        tmp = storage.with_name(storage.name + ".build.tmp")
+        try:
+            mm = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=(count, dim))
+            ids = np.empty(count, dtype=np.int64)
+            n = 0
+            for i, v in repo.iter_embeddings(key.gallery_id, key.model_id):
+                m = min(len(i), count - n)
+                mm[n:n + m] = v[:m]
+                ids[n:n + m] = i[:m]
+                n += m
+            mm.flush()
+
+            def progress(done: int, total: int) -> None:
+                log.info("index of gallery %s: %d/%d faces added", key, done, total)
+
+            return build_index(mm[:n], ids[:n], dim, self.exact_max, self.target_recall,
+                               sq_max=self.sq_max, ram_budget=self.ram_budget, storage=storage,
+                               progress=progress)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    def _remove_stale_files(self, key: IndexKey) -> None:
+        """Delete on-disk files of earlier builds of this gallery's index."""
+        idx = self._open.get(key)
+        keep = {p.name for p in idx.storage_files()} if isinstance(idx, PQIndex) else set()
+        own = re.compile(rf"{re.escape(key.stem)}\.[0-9a-f]{{12}}(\.vec16|\.ivfdata|\.build\.tmp)")
+        for p in self.dir.glob(f"{key.stem}.*"):
+            if own.fullmatch(p.name) and p.name not in keep:
+                p.unlink(missing_ok=True)
 
     def rebuild(self, repo, key: IndexKey, dim: int) -> VectorIndex:  # noqa: ANN001
         with self._lock:
@@ -92,6 +146,7 @@ class IndexManager:
             self._open[key] = self._build(repo, key, dim, count)
             self._max_id[key] = max_id
             self.save(key)
+            self._remove_stale_files(key)
             return self._open[key]
 
     def add(self, key: IndexKey, vecs: np.ndarray, ids: np.ndarray) -> None:
@@ -118,7 +173,7 @@ class IndexManager:
         becomes a compressed ANN index; an ANN index that doubled (or shrank) is re-trained."""
         with self._lock:
             idx = self._open[key]
-            if needs_rebuild(idx, self.exact_max):
+            if needs_rebuild(idx, self.exact_max, self.sq_max, self.ram_budget):
                 log.info("gallery %s has %d faces: rebuilding its index", key, idx.ntotal)
                 return self.rebuild(repo, key, dim)
             return idx
@@ -144,3 +199,4 @@ class IndexManager:
             self._max_id.pop(key, None)
             for p in self._paths(key):
                 p.unlink(missing_ok=True)
+            self._remove_stale_files(key)
