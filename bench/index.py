@@ -1,21 +1,28 @@
-"""Index benchmark: exact (flat) vs IVF ANN on synthetic face-like embeddings.
+"""Index benchmark: exact, IVF-fp16 and IVF-PQ (re-ranked, lists in RAM or on disk) on
+synthetic face-like embeddings, from 10k to 100M faces.
 
-    python bench/index.py --n 10000 --n 100000 --n 1000000 --dim 128 --json
+    python bench/index.py --n 10k --n 100k --n 1M --dim 128 --index flat --index ivf --index pq
+    python bench/index.py --n 10M --dim 128 --index pq          # vectors generated to disk once
+    python bench/index.py --plot-only                            # redraw the plot from the JSON
 
 Data: unit vectors shaped like face embeddings: many identities (about 5 faces each, varying),
 each face = identity centre + noise, normalised; identity centres share a common direction
 and one of 64 "group" directions, so unrelated faces still have cosine ~0.3-0.5 and the
 nearest and second-nearest gallery faces are often close in score. Queries are *new* noisy
-samples of enrolled identities (not copies of indexed vectors).
+samples of enrolled identities (not copies of indexed vectors). Gallery vectors are generated
+in chunks into a float16 file under ``--data-dir`` (outside the repository; reused by later
+runs), so no run holds all N vectors in memory; exact ground truth (top-10 of every query) is
+computed by brute force over that file in chunks and cached next to it.
 
-Per N and index: build time (and rate), serialized index size (``faiss.serialize_index``
-bytes), p50/p99 latency of single queries (k=10, 1 faiss thread, one query per call through
-the ``VectorIndex`` wrapper), batch throughput (all threads, all queries in one call),
-recall@1 and recall@10 against exact ground truth (``faiss.knn`` brute force, in batches).
-The IVF build time includes training, adding and the nprobe tuning pass.
+Per N and index: build time (and rate; IVF/PQ builds include training, adding and the tuning
+pass), resident bytes per face (flat/IVF: the serialized index; PQ: lists unless on disk,
+row map, quantizers) and on-disk bytes per face (the saved index and its side files), p50/p99
+latency of single queries (k=10, 1 faiss thread, one query per call through the
+``VectorIndex`` wrapper), batch throughput (all threads, all queries in one call), recall@1
+and recall@10 against exact ground truth.
 
-Writes ``bench/results/index.md`` (and ``index.json`` with ``--json``; the last stdout line
-is then the JSON list of rows).
+Rows are merged by (N, dim, index) into ``bench/results/index-<dim>.json`` and the table
+``index-<dim>.md``; ``index-scaling.png`` plots p50 latency and resident memory against N.
 """
 from __future__ import annotations
 
@@ -27,6 +34,7 @@ import logging
 import os
 import platform
 import resource
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -37,12 +45,14 @@ import numpy as np
 from common import machine
 
 from facesearch.index.base import VectorIndex
+from facesearch.index.compressed import PQIndex
+from facesearch.index.factory import choose_kind
 from facesearch.index.faiss_backend import FlatIndex, IVFIndex, set_threads
 
 ROOT = Path(__file__).resolve().parent
-KEYS = ("n", "dim", "index", "params", "build_s", "index_gib", "p50_ms", "p99_ms",
-        "batch_qps", "recall_at_1", "recall_at_10")
 K = 10
+KEYS = ("n", "dim", "index", "params", "build_s", "mem_bytes_per_face", "disk_bytes_per_face",
+        "p50_ms", "p99_ms", "batch_qps", "recall_at_1", "recall_at_10", "peak_rss_gib", "date")
 
 
 def log(msg: str) -> None:
@@ -56,38 +66,69 @@ def _normalize(a: np.ndarray) -> np.ndarray:
     return a
 
 
-def make_data(n: int, d: int, nq: int, seed: int = 0,
-              faces_per_id: int = 5, chunk: int = 200_000) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(gallery vectors (n, d), gallery ids (n,), queries (nq, d)), float32, unit norm."""
+def make_data(n: int, d: int, nq: int, data_dir: Path, seed: int = 0, faces_per_id: int = 5,
+              chunk: int = 500_000) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(gallery vectors as a float16 memmap (n, d), ids (n,), queries (nq, d) float32).
+
+    Files are cached in ``data_dir`` by (n, d, seed); identity centres are float16 (2 x d bytes
+    per identity, n/5 identities)."""
+    stem = data_dir / f"faces-{d}d-{n}-s{seed}"
+    vec_path, ids_path, q_path = (Path(f"{stem}.f16"), Path(f"{stem}.ids.npy"), Path(f"{stem}.q{nq}.npy"))
+    if vec_path.exists() and ids_path.exists() and q_path.exists():
+        x = np.memmap(vec_path, dtype=np.float16, mode="r", shape=(n, d))
+        return x, np.load(ids_path), np.load(q_path)
+    data_dir.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     n_ids = max(1, n // faces_per_id)
     mu = rng.standard_normal(d).astype(np.float32)
     mu /= np.linalg.norm(mu)
     groups = _normalize(rng.standard_normal((64, d), dtype=np.float32))
-    centres = np.empty((n_ids, d), dtype=np.float32)
+    centres = np.empty((n_ids, d), dtype=np.float16)
     for s in range(0, n_ids, chunk):
         e = min(n_ids, s + chunk)
         g = groups[rng.integers(0, len(groups), e - s)]
         centres[s:e] = _normalize(0.8 * mu + 0.6 * g
                                   + rng.standard_normal((e - s, d), dtype=np.float32) / np.sqrt(d))
-    ident = rng.integers(0, n_ids, n)  # ~Poisson(5) faces per identity
     noise = 0.5 / np.sqrt(d)
-    x = np.empty((n, d), dtype=np.float32)
+    tmp = Path(f"{vec_path}.tmp")
+    x = np.memmap(tmp, dtype=np.float16, mode="w+", shape=(n, d))
+    q_ident = np.empty(0, dtype=np.int64)
     for s in range(0, n, chunk):
         e = min(n, s + chunk)
-        x[s:e] = _normalize(centres[ident[s:e]]
+        ident = rng.integers(0, n_ids, e - s)  # ~Poisson(5) faces per identity
+        x[s:e] = _normalize(centres[ident].astype(np.float32)
                             + noise * rng.standard_normal((e - s, d), dtype=np.float32))
-    q_ident = ident[rng.integers(0, n, nq)]
-    q = _normalize(centres[q_ident] + noise * rng.standard_normal((nq, d), dtype=np.float32))
-    ids = (rng.permutation(n).astype(np.int64) * 3 + 17)  # database-like, not insertion order
-    return x, ids, q
+        # queries: fresh samples of identities drawn like gallery faces (enrolled ones)
+        take = int(round(nq * (e - s) / n)) if e < n else nq - len(q_ident)
+        q_ident = np.concatenate([q_ident, ident[rng.integers(0, e - s, max(0, take))]])
+    x.flush()
+    del x
+    os.replace(tmp, vec_path)
+    q = _normalize(centres[q_ident[:nq]].astype(np.float32)
+                   + noise * rng.standard_normal((nq, d), dtype=np.float32))
+    ids = rng.permutation(n).astype(np.int64) * 3 + 17  # database-like, not insertion order
+    np.save(ids_path, ids)
+    np.save(q_path, q)
+    return np.memmap(vec_path, dtype=np.float16, mode="r", shape=(n, d)), ids, q
 
 
-def ground_truth(x: np.ndarray, ids: np.ndarray, q: np.ndarray, k: int, batch: int = 256) -> np.ndarray:
-    out = np.empty((len(q), k), dtype=np.int64)
-    for s in range(0, len(q), batch):
-        _, I = faiss.knn(q[s:s + batch], x, k, faiss.METRIC_INNER_PRODUCT)
-        out[s:s + batch] = ids[I]
+def ground_truth(x: np.ndarray, ids: np.ndarray, q: np.ndarray, k: int, cache: Path,
+                 chunk: int = 1_000_000) -> np.ndarray:
+    """Exact top-k ids of every query by brute force over ``x`` in chunks (cached)."""
+    if cache.exists():
+        return np.load(cache)
+    best_d = np.full((len(q), k), -np.inf, dtype=np.float32)
+    best_r = np.full((len(q), k), -1, dtype=np.int64)
+    for s in range(0, len(x), chunk):
+        c = np.ascontiguousarray(x[s:s + chunk], dtype=np.float32)
+        D, I = faiss.knn(q, c, min(k, len(c)), faiss.METRIC_INNER_PRODUCT)
+        allD = np.concatenate([best_d, D], axis=1)
+        allR = np.concatenate([best_r, I + s], axis=1)
+        top = np.argsort(-allD, axis=1, kind="stable")[:, :k]
+        best_d = np.take_along_axis(allD, top, axis=1)
+        best_r = np.take_along_axis(allR, top, axis=1)
+    out = ids[best_r]
+    np.save(cache, out)
     return out
 
 
@@ -95,7 +136,7 @@ def ground_truth(x: np.ndarray, ids: np.ndarray, q: np.ndarray, k: int, batch: i
 
 def measure(index: VectorIndex, q: np.ndarray, gt: np.ndarray, threads: int) -> dict[str, float]:
     set_threads(1)
-    for i in range(min(10, len(q))):
+    for i in range(min(20, len(q))):
         index.search(q[i:i + 1], K)
     lat = np.empty(len(q))
     for i in range(len(q)):
@@ -113,72 +154,174 @@ def measure(index: VectorIndex, q: np.ndarray, gt: np.ndarray, threads: int) -> 
             break
     r1 = float(np.mean(I[:, 0] == gt[:, 0]))
     r10 = float(np.mean([len(np.intersect1d(a, b)) / K for a, b in zip(I, gt)]))
-    return {
-        "p50_ms": float(np.percentile(lat, 50) * 1e3),
-        "p99_ms": float(np.percentile(lat, 99) * 1e3),
-        "batch_qps": done / el,
-        "recall_at_1": r1,
-        "recall_at_10": r10,
-    }
+    return {"p50_ms": float(np.percentile(lat, 50) * 1e3), "p99_ms": float(np.percentile(lat, 99) * 1e3),
+            "batch_qps": done / el, "recall_at_1": r1, "recall_at_10": r10}
 
 
-def index_bytes(index: VectorIndex) -> int:
-    return int(faiss.serialize_index(index.faiss_index).nbytes)  # type: ignore[attr-defined]
+def _file_bytes(paths: list[Path]) -> int:
+    return sum(p.stat().st_size for p in paths if p.exists())
 
 
-def bench_one(n: int, d: int, nq: int, seed: int, exact_limit: int, target: float,
-              codecs: list[str], threads: int) -> list[dict[str, Any]]:
-    log(f"[n={n:,} d={d}] generating data")
-    x, ids, q = make_data(n, d, nq, seed)
-    set_threads(threads)
+def build(name: str, x: np.ndarray, ids: np.ndarray, work: Path, target: float,
+          seed: int) -> VectorIndex:
+    d = x.shape[1]
+    if name == "flat":
+        idx = FlatIndex(d)
+        for s in range(0, len(x), 1_000_000):
+            idx.add_with_ids(np.asarray(x[s:s + 1_000_000], dtype=np.float32), ids[s:s + 1_000_000])
+        return idx
+    if name == "ivf":
+        return IVFIndex.build(np.asarray(x, dtype=np.float32), ids, target_recall=target, seed=seed)
+    from tqdm import tqdm
+
+    bar = tqdm(total=len(x), unit="face", unit_scale=True, desc=f"add {name}", file=sys.stderr,
+               mininterval=5)
+
+    def progress(done: int, total: int) -> None:
+        bar.update(done - bar.n)
+
+    try:
+        return PQIndex.build(x, ids, storage=work / "g", target_recall=target,
+                             on_disk=name == "pq-ondisk", rerank=True, seed=seed, progress=progress)
+    finally:
+        bar.close()
+
+
+def bench_one(n: int, d: int, nq: int, seed: int, names: list[str], target: float, threads: int,
+              data_dir: Path) -> list[dict[str, Any]]:
     t = time.perf_counter()
-    gt = ground_truth(x, ids, q, K)
+    set_threads(threads)
+    x, ids, q = make_data(n, d, nq, data_dir, seed)
+    log(f"[n={n:,} d={d}] data ready ({time.perf_counter() - t:.1f}s)")
+    t = time.perf_counter()
+    gt = ground_truth(x, ids, q, K, data_dir / f"faces-{d}d-{n}-s{seed}.q{nq}.gt{K}.npy")
     log(f"[n={n:,}] ground truth for {nq} queries: {time.perf_counter() - t:.1f}s")
+    auto = {"flat": "flat", "ivf": "ivf", "ivfpq": "pq", "ivfpq-ondisk": "pq-ondisk"}[
+        choose_kind(n, d, exact_max=50_000)]
     rows: list[dict[str, Any]] = []
-
-    def row(index: VectorIndex, name: str, params: str, build_s: float) -> None:
-        size = index_bytes(index)
-        m = measure(index, q, gt, threads)
-        r = {"n": n, "dim": d, "index": name, "params": params, "build_s": round(build_s, 3),
-             "index_gib": round(size / 2**30, 4), **{k: round(v, 4) for k, v in m.items()}}
-        r["_bytes_per_face"] = size / n
-        rows.append(r)
-        log(f"[n={n:,}] {name} {params}: build {build_s:.1f}s, {size / n:.0f} B/face, "
-            f"p50 {m['p50_ms']:.3f} ms, r@1 {m['recall_at_1']:.4f}")
-
-    if n <= exact_limit:
+    for name in dict.fromkeys(auto if nm == "auto" else nm for nm in names):
+        work = data_dir / f"work-{d}d-{n}-{name}"
+        shutil.rmtree(work, ignore_errors=True)
+        work.mkdir(parents=True)
         set_threads(threads)
-        t = time.perf_counter()
-        flat = FlatIndex(d)
-        flat.add_with_ids(x, ids)
-        row(flat, "flat", flat.kind, time.perf_counter() - t)
-        del flat
         gc.collect()
-    for codec in codecs:
-        set_threads(threads)
         t = time.perf_counter()
-        ivf = IVFIndex.build(x, ids, target_recall=target, codec=codec, seed=seed)
+        idx = build(name, x, ids, work, target, seed)
         build_s = time.perf_counter() - t
-        row(ivf, "ivf", f"{ivf.kind} tuned_r@1={ivf.tuned_recall:.3f}", build_s)
-        del ivf
+        idx.save(work / "index.faiss")
+        disk = _file_bytes([work / "index.faiss"])
+        if isinstance(idx, PQIndex):
+            mem = idx.memory_bytes()
+            disk += idx.disk_bytes()
+            params = f"{idx.kind} tuned_r@1={idx.tuned_recall:.3f}"
+        else:
+            mem = disk
+            params = idx.kind + (f" tuned_r@1={idx.tuned_recall:.3f}" if isinstance(idx, IVFIndex) else "")
+        m = measure(idx, q, gt, threads)
+        r = {"n": n, "dim": d, "index": name + (" (auto)" if name == auto else ""),
+             "params": params, "build_s": round(build_s, 2),
+             "mem_bytes_per_face": round(mem / n, 1), "disk_bytes_per_face": round(disk / n, 1),
+             **{k: round(v, 4) for k, v in m.items()},
+             "peak_rss_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2),
+             "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
+        rows.append(r)
+        log(f"[n={n:,} d={d}] {name} {params}: build {build_s:.1f}s, {mem / n:.0f} B/face RAM, "
+            f"{disk / n:.0f} B/face disk, p50 {m['p50_ms']:.3f} ms, p99 {m['p99_ms']:.3f} ms, "
+            f"r@1 {m['recall_at_1']:.4f}, r@10 {m['recall_at_10']:.4f}")
+        del idx
         gc.collect()
+        shutil.rmtree(work, ignore_errors=True)
     return rows
 
 
 # --------------------------------------------------------------------------- report
 
 def fmt_table(rows: list[dict[str, Any]]) -> list[str]:
-    head = ["N", "dim", "index", "params", "build s", "build vec/s", "size GiB", "B/face",
+    head = ["N", "dim", "index", "params", "build s", "build faces/s", "RAM B/face", "disk B/face",
             "p50 ms", "p99 ms", "batch q/s", "recall@1", "recall@10"]
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
     for r in rows:
         rate = r["n"] / r["build_s"] if r["build_s"] > 0 else float("inf")
-        cells = [f"{r['n']:,}", str(r["dim"]), r["index"], r["params"], f"{r['build_s']:.2f}",
-                 f"{rate:,.0f}", f"{r['index_gib']:.4f}", f"{r['_bytes_per_face']:.0f}",
+        cells = [f"{r['n']:,}", str(r["dim"]), r["index"], r["params"], f"{r['build_s']:.1f}",
+                 f"{rate:,.0f}", f"{r['mem_bytes_per_face']:.0f}", f"{r['disk_bytes_per_face']:.0f}",
                  f"{r['p50_ms']:.3f}", f"{r['p99_ms']:.3f}", f"{r['batch_qps']:,.0f}",
                  f"{r['recall_at_1']:.4f}", f"{r['recall_at_10']:.4f}"]
         lines.append("| " + " | ".join(cells) + " |")
     return lines
+
+
+def merge_rows(path: Path, new: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    old = json.loads(path.read_text()) if path.exists() else []
+    keys = {(r["n"], r["dim"], r["index"]) for r in new}
+    rows = [r for r in old if (r["n"], r["dim"], r["index"]) not in keys] + new
+    return sorted(rows, key=lambda r: (r["dim"], r["n"], r["index"]))
+
+
+def write_markdown(path: Path, rows: list[dict[str, Any]], d: int, args: argparse.Namespace) -> None:
+    md = [
+        f"# Index benchmark, {d}-d",
+        "",
+        f"- machine: {machine()} (shared with other jobs: timings are noisy)",
+        f"- python {platform.python_version()}, faiss {faiss.__version__}, numpy {np.__version__}",
+        "- command: `nice -n 10 python bench/index.py --n <N> --dim <d> --index <...>` (rows merged "
+        "from several runs; each row has its date in index-<d>.json)",
+        f"- data: synthetic clustered unit vectors (~5 faces per identity), {args.queries} queries "
+        "= fresh noisy samples of enrolled identities; k=10; vectors generated in chunks to a float16 file",
+        "- indexes: `flat` exact; `ivf` IVF fp16 codes; `pq` IVF-PQ with float16 re-ranking from "
+        "a memory-mapped file; `pq-ondisk` the same with memory-mapped inverted lists; "
+        "`(auto)` marks the kind `choose_kind` picks for that N with the default settings",
+        "- RAM B/face: serialized index (flat, ivf) or resident structures (pq: lists unless on "
+        "disk, row map, quantizers; the float16 vectors and on-disk lists are read through the "
+        "page cache); disk B/face: saved index plus side files",
+        f"- latency: one query per call, 1 faiss thread; batch q/s: all queries in one call, "
+        f"{args.threads} threads",
+        "- recall: against exact brute-force ground truth over all N; ivf/pq build time includes "
+        f"train + add + tuning to recall@1 >= {args.target_recall} (leave-one-out on held-out gallery vectors)",
+        "",
+        *fmt_table(rows),
+        "",
+    ]
+    path.write_text("\n".join(md))
+
+
+def plot(out: Path) -> Path | None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        log("matplotlib missing (pip install -e .[bench]): no plot")
+        return None
+    rows = []
+    for p in sorted(out.glob("index-*.json")):
+        rows += json.loads(p.read_text())
+    if not rows:
+        return None
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(12, 4.8))
+    series: dict[tuple[int, str], list[dict[str, Any]]] = {}
+    for r in rows:
+        series.setdefault((r["dim"], r["index"].replace(" (auto)", "")), []).append(r)
+    for (d, name), rs in sorted(series.items()):
+        rs = sorted(rs, key=lambda r: r["n"])
+        ns = [r["n"] for r in rs]
+        a1.plot(ns, [r["p50_ms"] for r in rs], marker="o", label=f"{name} {d}-d")
+        a2.plot(ns, [r["mem_bytes_per_face"] * r["n"] / 2**30 for r in rs], marker="o",
+                label=f"{name} {d}-d")
+    for a, title, yl in ((a1, "p50 single-query latency (1 thread)", "ms"),
+                         (a2, "resident index memory", "GiB")):
+        a.set_xscale("log")
+        a.set_yscale("log")
+        a.set_xlabel("faces in the gallery (N)")
+        a.set_ylabel(yl)
+        a.set_title(title)
+        a.grid(True, which="both", alpha=0.3)
+        a.legend(fontsize=7)
+    fig.suptitle(f"facesearch index scaling; {machine()}", fontsize=8)
+    fig.tight_layout()
+    path = out / "index-scaling.png"
+    fig.savefig(path, dpi=110)
+    return path
 
 
 def parse_n(s: str) -> int:
@@ -189,61 +332,38 @@ def parse_n(s: str) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--n", type=parse_n, action="append", required=True,
-                    help="gallery size (repeatable; accepts 10k, 1M)")
+    ap.add_argument("--n", type=parse_n, action="append", help="gallery size (repeatable; 10k, 1M)")
     ap.add_argument("--dim", type=int, default=128)
     ap.add_argument("--queries", type=int, default=1000)
-    ap.add_argument("--json", action="store_true", help="print rows as JSON (last line), write index.json")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--target-recall", type=float, default=0.99)
-    ap.add_argument("--exact-limit", type=parse_n, default=1_000_000,
-                    help="skip the exact row above this N (default 1M)")
-    ap.add_argument("--codec", action="append", choices=["fp16", "sq8"],
-                    help="IVF codec(s) to benchmark (repeatable; default fp16)")
-    ap.add_argument("--threads", type=int, default=os.cpu_count() or 1,
+    ap.add_argument("--index", action="append", choices=["flat", "ivf", "pq", "pq-ondisk", "auto"],
+                    help="indexes to build (repeatable; default: auto)")
+    ap.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)),
                     help="threads for build and batch search")
+    ap.add_argument("--data-dir", type=Path, default=Path("/work/bench-data"),
+                    help="where generated vectors, ground truth and index files go (outside the repo)")
     ap.add_argument("--out", type=Path, default=ROOT / "results")
+    ap.add_argument("--plot-only", action="store_true")
     args = ap.parse_args(argv)
-    codecs = args.codec or ["fp16"]
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="  %(name)s: %(message)s")
-
-    load_before = os.getloadavg() if hasattr(os, "getloadavg") else (0.0, 0.0, 0.0)
-    rows: list[dict[str, Any]] = []
-    for n in args.n:
-        rows += bench_one(n, args.dim, args.queries, args.seed, args.exact_limit,
-                          args.target_recall, codecs, args.threads)
-        gc.collect()
-
-    peak_gib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-    table = fmt_table(rows)
-    md = [
-        "# Index benchmark",
-        "",
-        f"- machine: {machine()}",
-        f"- date: {dt.datetime.now().astimezone().strftime('%Y-%m-%d %H:%M %Z')}",
-        f"- python {platform.python_version()}, faiss {faiss.__version__}, numpy {np.__version__}",
-        f"- command: `python bench/index.py {' '.join(sys.argv[1:] if argv is None else argv)}`",
-        f"- data: synthetic clustered unit vectors (~5 faces per identity), {args.queries} queries "
-        "= fresh noisy samples of enrolled identities; k=10",
-        "- size: `faiss.serialize_index` bytes (what is saved and held in memory)",
-        "- latency: one query per call, 1 faiss thread, through the `VectorIndex` wrapper; "
-        f"batch q/s: all {args.queries} queries in one call, {args.threads} threads",
-        "- recall: vs exact brute-force ground truth (`faiss.knn`); IVF build time includes "
-        f"train + add + nprobe tuning to recall@1 >= {args.target_recall} (leave-one-out on held-out gallery vectors)",
-        f"- peak RSS of the run: {peak_gib:.2f} GiB; 1-min load average at start: "
-        f"{load_before[0]:.2f} (other processes share these cores: timings are noisy)",
-        "",
-        *table,
-        "",
-    ]
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "index.md").write_text("\n".join(md))
-    print("\n".join(table))
-    print(f"(written to {args.out / 'index.md'}; peak RSS {peak_gib:.2f} GiB)")
-    if args.json:
-        out = [{k: r[k] for k in KEYS} for r in rows]
-        (args.out / "index.json").write_text(json.dumps(out, indent=1) + "\n")
-        print(json.dumps(out))
+    if not args.plot_only:
+        if not args.n:
+            ap.error("--n is required")
+        names = args.index or ["auto"]
+        rows: list[dict[str, Any]] = []
+        for n in args.n:
+            rows += bench_one(n, args.dim, args.queries, args.seed, names, args.target_recall,
+                              args.threads, args.data_dir)
+            jpath = args.out / f"index-{args.dim}.json"
+            merged = merge_rows(jpath, rows)
+            jpath.write_text(json.dumps([{k: r.get(k) for k in KEYS} for r in merged], indent=1) + "\n")
+            write_markdown(args.out / f"index-{args.dim}.md", merged, args.dim, args)
+        print("\n".join(fmt_table(rows)))
+    p = plot(args.out)
+    if p:
+        print(f"plot: {p}")
     return 0
 
 
