@@ -653,6 +653,47 @@ def audit_verify(as_json: bool, home: str | None) -> None:
         sys.exit(1)
 
 
+# -- backups ------------------------------------------------------------------------------------
+@main.group()
+def backup() -> None:
+    """Consistent backups of the database, indexes and files (never the key)."""
+
+
+@backup.command("create")
+@click.argument("path", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True)
+@_home_option
+@_domain_errors
+def backup_create(path: Path, as_json: bool, home: str | None) -> None:
+    """Write a backup into the new folder PATH (safe while the server runs)."""
+    from facesearch.services.backup import create_backup
+
+    report = create_backup(_settings(home), path)
+    if as_json:
+        _emit_json(report.to_json())
+    else:
+        click.echo(f"backup of the {report.database} database and {report.parts - 1} files written to {report.path} "
+                   f"({report.bytes:,} bytes); the key is not in it: keep the key separately")
+
+
+@backup.command("restore")
+@click.argument("path", type=click.Path(path_type=Path, exists=True, file_okay=False))
+@click.option("--force", is_flag=True, help="Replace the installation's existing database and indexes.")
+@click.option("--json", "as_json", is_flag=True)
+@_home_option
+@_domain_errors
+def backup_restore(path: Path, force: bool, as_json: bool, home: str | None) -> None:
+    """Verify the backup at PATH (seal, hashes, row counts) and restore it; stop the server first."""
+    from facesearch.services.backup import restore_backup
+
+    report = restore_backup(_settings(home), path, force=force)
+    if as_json:
+        _emit_json(report.to_json())
+    else:
+        click.echo(f"restored {report.parts} parts from {report.path}; rows: "
+                   + ", ".join(f"{k} {v}" for k, v in sorted(report.counts.items()) if v))
+
+
 # -- demo ---------------------------------------------------------------------------------------
 @main.command()
 @click.option("--keep", type=click.Path(file_okay=False), default=None,

@@ -242,3 +242,13 @@ class SuppressionAlreadyLifted(Conflict):
 
 ALL_ERRORS = (*ALL_ERRORS, ErasureRequestNotFound, ErasureNotPending, SuppressionNotFound,
               SuppressionAlreadyLifted)
+
+
+class BackupInvalid(InvalidInput):
+    """A backup that may not be restored: altered, incomplete, made with another key, or of
+    another database kind (``facesearch backup restore`` verifies before it touches anything)."""
+
+    code = "backup_invalid"
+
+
+ALL_ERRORS = (*ALL_ERRORS, BackupInvalid)
