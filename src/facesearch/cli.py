@@ -563,7 +563,10 @@ def serve(host: str, port: int, home: str | None) -> None:
     from facesearch.services.bootstrap import issue_bootstrap
     from facesearch.services.context import AppContext
 
+    from facesearch.services.keys import check_production
+
     s = _settings(home)
+    check_production(s)  # FACESEARCH_ENV=production: refuse a missing, exposed or development key
     ctx = AppContext(s)  # creates and migrates the database on first start
     token = issue_bootstrap(ctx)
     if token:
@@ -651,6 +654,66 @@ def audit_verify(as_json: bool, home: str | None) -> None:
         click.echo(f"audit trail BROKEN at record {report.first_broken_seq}: {report.reason}")
     if not report.ok:
         sys.exit(1)
+
+
+@main.group()
+def keys() -> None:
+    """Field-encryption keys: status, rotation, a production key file."""
+
+
+@keys.command("status")
+@click.option("--json", "as_json", is_flag=True)
+@_home_option
+@_domain_errors
+def keys_status(as_json: bool, home: str | None) -> None:
+    """Key versions, where the key comes from, values per key version, the last rotation."""
+    from facesearch.services.context import AppContext
+    from facesearch.services.keys import status
+
+    ctx = AppContext(_settings(home))
+    st = status(ctx.engine, ctx.keyring, ctx.settings)
+    if as_json:
+        _emit_json(st)
+        return
+    click.echo(f"mode {st['env']}; key from {st['source']} {st['key_file'] or ''}".rstrip())
+    click.echo(f"key versions {st['versions']}, new values under version {st['current_version']}"
+               + (" (generated development key)" if st["development_key"] else ""))
+    click.echo(f"stored values per key version: {st['values_by_version']}")
+    if st["rotation"]:
+        r = st["rotation"]
+        click.echo(f"rotation to version {r['target']}: {'finished' if r.get('done') else 'INCOMPLETE: run keys rotate'}")
+    for problem in st["production_problems"]:
+        click.echo(f"not fit for production: {problem}")
+
+
+@keys.command("rotate")
+@click.option("--batch", default=200, show_default=True, type=int, help="Rows per transaction.")
+@click.option("--json", "as_json", is_flag=True)
+@_home_option
+@_domain_errors
+def keys_rotate(batch: int, as_json: bool, home: str | None) -> None:
+    """Add a key version and re-encrypt every field under it (online; run again to resume)."""
+    from facesearch.services.context import AppContext
+    from facesearch.services.keys import key_source, rotate
+
+    ctx = AppContext(_settings(home))
+    report = rotate(ctx.engine, ctx.keyring, key_source(ctx.settings), batch=batch)
+    if as_json:
+        _emit_json(report.to_json())
+    else:
+        click.echo(f"{'resumed: ' if report.resumed else ''}every encrypted value is under key version "
+                   f"{report.target_version} ({report.rewritten} rows rewritten)")
+
+
+@keys.command("generate")
+@click.option("--out", "out", required=True, type=click.Path(dir_okay=False), help="The new key file (0600).")
+@_domain_errors
+def keys_generate(out: str) -> None:
+    """Write a new production key file (never overwrites); point FACESEARCH_KEY_FILE at it."""
+    from facesearch.services.keys import generate_key_file
+
+    generate_key_file(Path(out))
+    click.echo(f"key file {out} written (mode 0600); keep a copy offline: without it the database is unreadable")
 
 
 # -- backups ------------------------------------------------------------------------------------

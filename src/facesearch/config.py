@@ -74,9 +74,13 @@ class Settings(BaseSettings):
     top_k: int = 10
     threshold: float | None = None  # default: from the model's calibration
 
-    # field encryption (store/crypto.py): FACESEARCH_KEY (base64) or a 0600 key file
+    # field encryption (store/crypto.py, services/keys.py): FACESEARCH_KEY (base64, or a keyring
+    # "1:<base64>,2:<base64>") or a 0600 key file
     key: str | None = None
     key_file: Path | None = None  # default: <home>/keys/field.key
+    # "production": `serve` refuses a missing key, a key file readable by others or a generated
+    # development key, and no key file is ever generated; "development" generates one (0600)
+    env: Literal["development", "production"] = "development"
 
     # the public transparency notice (GET /transparency)
     operator_name: str = "the operator of this facesearch installation"

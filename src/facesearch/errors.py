@@ -244,6 +244,17 @@ ALL_ERRORS = (*ALL_ERRORS, ErasureRequestNotFound, ErasureNotPending, Suppressio
               SuppressionAlreadyLifted)
 
 
+class KeyConfigurationError(FaceSearchError):
+    """The field-encryption key set-up is unfit for production (missing key, a key file readable
+    by others, a generated development key): the server refuses to start."""
+
+    code = "key_configuration"
+    http_status = 500
+
+
+ALL_ERRORS = (*ALL_ERRORS, KeyConfigurationError)
+
+
 class BackupInvalid(InvalidInput):
     """A backup that may not be restored: altered, incomplete, made with another key, or of
     another database kind (``facesearch backup restore`` verifies before it touches anything)."""

@@ -201,7 +201,7 @@ def test_supervisor_oversight_and_case_pdf(live: Live) -> None:
     assert sum(len(page.images) for page in reader.pages) >= 2  # probe and candidate thumbnails
     # the probe is kept encrypted: its JPEG never appears in the database
     blob = live.sql("select ciphertext from probe_images limit 1")[0][0]
-    assert bytes(blob)[:1] == b"\x01" and b"JFIF" not in bytes(blob)
+    assert bytes(blob)[:1] == b"\x02" and b"JFIF" not in bytes(blob)
     # a second case number for the same photo is flagged
     search(live, "inv_a1", case_number="2026-000999")
     with live.client("sup_a") as c:

@@ -116,3 +116,34 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config: pytest.Config)
                       or Path(str(config.rootpath)) / ".pytest_cache" / "security-figures.json")
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_text(json.dumps(figures, indent=2, sort_keys=True) + "\n")
+
+
+@pytest.fixture(scope="session", params=["sqlite", "postgresql"])
+def drill_flow(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, dev_labels):  # noqa: ANN001, ANN201
+    """The breach drill's flow (tests/security/flow.py) run once per backend: known names, case
+    numbers and secrets through a live server; the server is stopped, its database kept."""
+    from tests.security.flow import run_flow
+
+    home = tmp_path_factory.mktemp(f"drill-{request.param}")
+    db_url, drop = None, None
+    if request.param == "postgresql":
+        admin = os.environ.get("FACESEARCH_TEST_POSTGRES_URL")
+        if not admin:
+            pytest.skip("set FACESEARCH_TEST_POSTGRES_URL to run the breach drill on PostgreSQL")
+        import uuid
+
+        import psycopg
+
+        name = f"fs_drill_{uuid.uuid4().hex[:10]}"
+        with psycopg.connect(admin, autocommit=True) as c:
+            c.execute(f'CREATE DATABASE "{name}"')  # generated name, not input
+        db_url = f"{admin.rsplit('/', 1)[0]}/{name}"
+
+        def drop() -> None:
+            with psycopg.connect(admin, autocommit=True) as c:
+                c.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    try:
+        yield run_flow(request.param, home, dev_labels, db_url)
+    finally:
+        if drop:
+            drop()

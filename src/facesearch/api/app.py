@@ -54,6 +54,9 @@ def security_headers(request: Request, response: Response, *, hsts: bool) -> Non
 
 
 def create_app(settings: Settings, ctx: AppContext | None = None) -> FastAPI:
+    from facesearch.services.keys import check_production
+
+    check_production(settings)  # FACESEARCH_ENV=production: a proper key, or no server
     ctx = ctx or AppContext(settings)
     registry = CollectorRegistry()
     # Labels carry only the route template and status: never user names, case numbers or ids.

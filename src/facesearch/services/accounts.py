@@ -19,7 +19,7 @@ from facesearch.auth.totp import TotpCredential, accept
 from facesearch.errors import (AuthenticationFailed, Conflict, Forbidden, InvalidInput, NotFound,
                                TokenExpired, TokenInvalid)
 from facesearch.services.context import AppContext
-from facesearch.store.tables import Agency, Lockout, Token, User
+from facesearch.store.tables import Agency, Token, User
 
 
 def public_id() -> str:
@@ -96,22 +96,23 @@ class Accounts:
             raise InvalidInput(f"case number pattern is not a valid regular expression: {e}") from None
         purposes = purposes or [p.strip() for p in self.ctx.settings.default_purposes.split(",") if p.strip()]
         with self.ctx.repo() as repo:
-            if repo.s.scalar(select(Agency).where(Agency.name == name)):
-                raise Conflict(f"agency {name!r} exists already")
+            if repo.agency_by_name(name) is not None:
+                raise Conflict("an agency of this name exists already")
             a = Agency(public_id=public_id(), name=name, case_pattern=pattern, purposes=json.dumps(purposes),
                        created_at=self.clock())
             repo.s.add(a)
             repo.s.flush()
             info = _agency_info(a)
-        self.ctx.audit.append(AuditAction.USER_CHANGE, actor=actor, agency=name, target=f"agency:{info.public_id}",
+        self.ctx.audit.append(AuditAction.USER_CHANGE, actor=actor, agency=info.public_id,
+                              target=f"agency:{info.public_id}",
                               outcome=AuditOutcome.SUCCESS, request_id=None, details={"change": "agency_created"})
         return info
 
     def agency(self, name: str) -> AgencyInfo:
         with self.ctx.repo() as repo:
-            a = repo.s.scalar(select(Agency).where(Agency.name == name))
+            a = repo.agency_by_name(name)
             if a is None:
-                raise NotFound(f"agency {name!r} does not exist")
+                raise NotFound("no agency of this name exists")
             return _agency_info(a)
 
     def agency_by_id(self, agency_id: int) -> AgencyInfo:
@@ -138,8 +139,8 @@ class Accounts:
             raise NotFound(f"agency {agency!r} does not exist")  # an agency admin manages only its own
         secret = new_secret()
         with self.ctx.repo() as repo:
-            if repo.s.scalar(select(User).where(User.username_key == key)):
-                raise Conflict(f"user {username!r} exists already")
+            if repo.user_by_name(key) is not None:
+                raise Conflict("a user of this name exists already")
             u = User(public_id=public_id(), agency_id=agency_info.id if agency_info else None, username_key=key,
                      display_name=username.strip(), role=role_.value,
                      password_hash=hash_password(password, params=self.argon2), totp_secret=secret,
@@ -147,7 +148,8 @@ class Accounts:
             repo.s.add(u)
             repo.s.flush()
             uid = u.public_id
-        self.ctx.audit.append(AuditAction.USER_CHANGE, actor=actor, agency=agency_info.name if agency_info else None,
+        self.ctx.audit.append(AuditAction.USER_CHANGE, actor=actor,
+                              agency=agency_info.public_id if agency_info else None,
                               target=f"user:{uid}", outcome=AuditOutcome.SUCCESS, request_id=None,
                               details={"change": "user_created", "role": role_.value})
         from facesearch.auth import provisioning_uri
@@ -187,11 +189,12 @@ class Accounts:
         key = normalise_user_name(username or "")
         policy = DEFAULT_LOCKOUT_POLICY
         with self.ctx.repo() as repo:
-            row = repo.s.get(Lockout, key)
+            row = repo.lockout(key)
             state = LockoutState(key=key) if row is None else LockoutState(
                 key=key, failures=row.failures, window_started_at=_aware(row.window_started_at),
                 locked_until=_aware(row.locked_until))
-        audit = dict(actor=key or "(empty)", target=f"login:{key}", request_id=request_id)
+            ref = repo.name_ref(key)  # names never enter the audit trail: a keyed pseudonym
+        audit = dict(actor=f"name:{ref}", target=f"login:{ref}", request_id=request_id)
         try:
             policy.check(state, now)
         except Exception:
@@ -199,7 +202,9 @@ class Accounts:
                                   details={"reason": "locked", "source": source}, **audit)
             raise
         with self.ctx.repo() as repo:
-            user = repo.s.scalar(select(User).where(User.username_key == key))
+            user = repo.user_by_name(key)
+            if user is not None:
+                audit["actor"] = f"user:{user.public_id}"
             ok = False
             if user is None or user.disabled:
                 dummy_verify(password or "", params=self.argon2)
@@ -213,15 +218,12 @@ class Accounts:
                         user.totp_last_step = cred.last_used_step
                         user.totp_confirmed = True
             state = policy.register_success(state, now) if ok else policy.register_failure(state, now)
-            row = repo.s.get(Lockout, key)
-            if row is None:
-                row = Lockout(key=key, failures=0)
-                repo.s.add(row)
+            row = repo.lockout_for_update(key)
             row.failures, row.window_started_at, row.locked_until = (
                 state.failures, state.window_started_at, state.locked_until)
             agency_name = None
             if user is not None and user.agency_id:
-                agency_name = repo.s.get(Agency, user.agency_id).name
+                agency_name = repo.s.get(Agency, user.agency_id).public_id
             if ok:
                 token = secrets.token_urlsafe(32)
                 ttl = self.ctx.settings.token_ttl_s
@@ -249,14 +251,14 @@ class Accounts:
             t.last_used_at = now
             agency = repo.s.get(Agency, u.agency_id) if u.agency_id else None
             return Principal(u.id, u.public_id, u.username_key, Role(u.role), u.agency_id,
-                             agency.name if agency else None)
+                             agency.name if agency else None, agency.public_id if agency else None)
 
     def logout(self, token: str, principal: Principal, request_id: str | None = None) -> None:
         with self.ctx.repo() as repo:
             t = repo.s.get(Token, hash_token(token))
             if t is not None:
                 t.revoked_at = self.clock()
-        self.ctx.audit.append(AuditAction.LOGIN, actor=principal.username, agency=principal.agency_name,
+        self.ctx.audit.append(AuditAction.LOGIN, actor=principal.audit_actor, agency=principal.audit_agency,
                               target=f"logout:{principal.public_id}", outcome=AuditOutcome.SUCCESS,
                               request_id=request_id, details={"event": "logout"})
 

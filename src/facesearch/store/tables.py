@@ -10,6 +10,17 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
+from facesearch.auth.lockout import normalise_user_name
+from facesearch.store.fields import EncryptedText, blind_index_listener
+
+
+def _same(value: str) -> str:
+    return value
+
+
+def _stripped(value: str) -> str:
+    return value.strip()
+
 
 class Base(DeclarativeBase):
     pass
@@ -28,14 +39,16 @@ class Gallery(Base):
 
 class Image(Base):
     __tablename__ = "images"
+    __blind_indexes__ = {"subject_bi": ("subject", "subject", _same)}
     __table_args__ = (UniqueConstraint("gallery_id", "sha256", name="uq_images_gallery_sha256"),)
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     gallery_id: Mapped[int] = mapped_column(ForeignKey("galleries.id", ondelete="CASCADE"), index=True)
     sha256: Mapped[str] = mapped_column(String(64))
-    original_path: Mapped[str | None] = mapped_column(Text)
+    original_path: Mapped[str | None] = mapped_column(EncryptedText("images.original_path"))
     source_uri: Mapped[str | None] = mapped_column(Text)
     legal_basis: Mapped[str] = mapped_column(Text)
-    subject: Mapped[str | None] = mapped_column(String(300), index=True)
+    subject: Mapped[str | None] = mapped_column(EncryptedText("images.subject"), index=True)
+    subject_bi: Mapped[str | None] = mapped_column(String(64), index=True)
     collected_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     ingested_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     width: Mapped[int] = mapped_column(Integer)
@@ -68,10 +81,12 @@ class Face(Base):
 
 class Search(Base):
     __tablename__ = "searches"
+    __blind_indexes__ = {"case_bi": ("case_number", "case", _stripped)}
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
-    case_number: Mapped[str] = mapped_column(String(200), index=True)
-    purpose: Mapped[str] = mapped_column(Text)
+    case_number: Mapped[str] = mapped_column(EncryptedText("searches.case_number"), index=True)
+    case_bi: Mapped[str | None] = mapped_column(String(64), index=True)
+    purpose: Mapped[str] = mapped_column(EncryptedText("searches.purpose"))
     gallery_id: Mapped[int | None] = mapped_column(ForeignKey("galleries.id", ondelete="SET NULL"))
     model_id: Mapped[str] = mapped_column(String(100))
     probe_sha256: Mapped[str] = mapped_column(String(64))
@@ -81,7 +96,7 @@ class Search(Base):
     public_id: Mapped[str | None] = mapped_column(String(32), unique=True)
     agency_id: Mapped[int | None] = mapped_column(ForeignKey("agencies.id", ondelete="CASCADE"), index=True)
     user_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
-    authorization_ref: Mapped[str | None] = mapped_column(String(200))
+    authorization_ref: Mapped[str | None] = mapped_column(EncryptedText("searches.authorization_ref"))
     candidates: Mapped[list["SearchCandidate"]] = relationship(cascade="all, delete-orphan")
 
 
@@ -110,24 +125,28 @@ class ReembedImage(Base):
 
 class Agency(Base):
     __tablename__ = "agencies"
+    __blind_indexes__ = {"name_bi": ("name", "agency", normalise_user_name)}
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     public_id: Mapped[str] = mapped_column(String(32), unique=True)
-    name: Mapped[str] = mapped_column(String(200), unique=True)
-    case_pattern: Mapped[str] = mapped_column(String(200))
-    purposes: Mapped[str] = mapped_column(Text)  # JSON list
+    name: Mapped[str] = mapped_column(EncryptedText("agencies.name"), unique=True)
+    name_bi: Mapped[str | None] = mapped_column(String(64), unique=True)
+    case_pattern: Mapped[str] = mapped_column(EncryptedText("agencies.case_pattern"))
+    purposes: Mapped[str] = mapped_column(EncryptedText("agencies.purposes"))  # JSON list
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 
 class User(Base):
     __tablename__ = "users"
+    __blind_indexes__ = {"username_bi": ("username_key", "user", normalise_user_name)}
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     public_id: Mapped[str] = mapped_column(String(32), unique=True)
     agency_id: Mapped[int | None] = mapped_column(ForeignKey("agencies.id", ondelete="CASCADE"))
-    username_key: Mapped[str] = mapped_column(String(200), unique=True)
-    display_name: Mapped[str] = mapped_column(String(200))
+    username_key: Mapped[str] = mapped_column(EncryptedText("users.username_key"), unique=True)  # normalised
+    username_bi: Mapped[str | None] = mapped_column(String(64), unique=True)
+    display_name: Mapped[str] = mapped_column(EncryptedText("users.display_name"))
     role: Mapped[str] = mapped_column(String(30))
     password_hash: Mapped[str] = mapped_column(Text)
-    totp_secret: Mapped[str] = mapped_column(String(64))
+    totp_secret: Mapped[str] = mapped_column(EncryptedText("users.totp_secret"))
     totp_last_step: Mapped[int | None] = mapped_column(BigInteger)
     totp_confirmed: Mapped[bool] = mapped_column(Boolean, default=False)
     disabled: Mapped[bool] = mapped_column(Boolean, default=False)
@@ -136,7 +155,7 @@ class User(Base):
 
 class Lockout(Base):
     __tablename__ = "lockouts"
-    key: Mapped[str] = mapped_column(String(200), primary_key=True)
+    key: Mapped[str] = mapped_column(String(200), primary_key=True)  # blind index of the user name
     failures: Mapped[int] = mapped_column(Integer)
     window_started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     locked_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
@@ -168,7 +187,7 @@ class Review(Base):
     candidate_id: Mapped[int] = mapped_column(ForeignKey("search_candidates.id", ondelete="CASCADE"))
     user_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
     decision: Mapped[str] = mapped_column(String(10))
-    note: Mapped[str] = mapped_column(Text)
+    note: Mapped[str] = mapped_column(EncryptedText("reviews.note"))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 
@@ -188,9 +207,9 @@ class ErasureRequest(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     status: Mapped[str] = mapped_column(String(20))
     images: Mapped[str] = mapped_column(Text)
-    actor: Mapped[str] = mapped_column(String(200))
+    actor: Mapped[str] = mapped_column(EncryptedText("erasure_requests.actor"))
     # filed through the service (0011): encrypted probe embeddings until confirmed or cancelled,
-    # the matches shown for confirmation (encrypted) until the erasure is done
+    # the matches shown for confirmation until the erasure is done
     probes: Mapped[bytes | None] = mapped_column(LargeBinary)
     matches: Mapped[str | None] = mapped_column(Text)
     confirmed_by: Mapped[str | None] = mapped_column(String(200))
@@ -210,3 +229,18 @@ class Suppression(Base):
     request_id: Mapped[str | None] = mapped_column(String(32))  # the erasure request's public id
     lifted_by: Mapped[str | None] = mapped_column(String(200))
     lift_reason: Mapped[str | None] = mapped_column(Text)
+
+
+class CryptoState(Base):
+    """Progress of the field-encryption steps that run outside Alembic (they need the key):
+    ``plaintext_encrypted`` (the one-off data step after migration 0009) and ``rotation`` (JSON:
+    target key version, table and last primary key done, finished or not)."""
+
+    __tablename__ = "crypto_state"
+    name: Mapped[str] = mapped_column(String(50), primary_key=True)
+    value: Mapped[str] = mapped_column(Text)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+for _cls in (Image, Search, Agency, User):
+    blind_index_listener(_cls)

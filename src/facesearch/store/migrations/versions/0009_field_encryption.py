@@ -18,7 +18,7 @@ depends_on = None
 
 # columns that now hold "enc:<base64>" (longer than their clear text): widened on PostgreSQL
 # (SQLite does not enforce VARCHAR lengths)
-_WIDENED = [("agencies", "name"), ("users", "username_key"), ("users", "display_name"),
+_WIDENED = [("agencies", "name"), ("agencies", "case_pattern"), ("users", "username_key"), ("users", "display_name"),
             ("users", "totp_secret"), ("searches", "case_number"), ("searches", "authorization_ref"),
             ("images", "subject"), ("erasure_requests", "actor")]
 _BLIND = [("agencies", "name_bi", True), ("users", "username_bi", True), ("searches", "case_bi", False),
