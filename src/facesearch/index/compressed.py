@@ -154,7 +154,7 @@ class PQIndex(_FaissIndex):
                  store: _VectorStore | None) -> None:
         super().__init__(index)
         self._ivf = index
-        self._rows = rows  # row -> database id (-1: removed)
+        self._buf = np.array(rows, dtype=np.int64)  # capacity grows by doubling
         self._n_rows = int(len(rows))
         self._p = params
         self._store = store
@@ -197,6 +197,11 @@ class PQIndex(_FaissIndex):
             s += f",rerank={self.rerank_depth}"
         return s
 
+    @property
+    def _rows(self) -> np.ndarray:
+        """Row -> database id (-1: removed), a view of the first ``_n_rows`` of the buffer."""
+        return self._buf[:self._n_rows]
+
     def storage_files(self) -> list[Path]:
         """The on-disk files this index uses besides the saved header file."""
         out = []
@@ -210,7 +215,8 @@ class PQIndex(_FaissIndex):
         """Approximate resident bytes: lists (unless on disk), row map, coarse quantizer."""
         lists = 0 if self._p.on_disk else self.ntotal * (self._ivf.code_size + 8)
         quant = self.nlist * self.d * 4 * (2 if self._p.coarse == "hnsw" else 1)
-        return int(lists + self._n_rows * 8 + quant + self._ivf.pq.M * 256 * (self.d // self._ivf.pq.M) * 4)
+        tables = int(self._ivf.precomputed_table.size()) * 4  # nlist x M x 256 floats (L2 IVFPQ)
+        return int(lists + self._n_rows * 8 + quant + 256 * self.d * 4 + tables)
 
     def disk_bytes(self) -> int:
         return int(sum(p.stat().st_size for p in self.storage_files() if p.exists()))
@@ -248,8 +254,13 @@ class PQIndex(_FaissIndex):
                 raise IndexError_("vector store is out of step with the index; rebuild it")
             self._store.append(xv)
         self._ivf.add_with_ids(xv, np.arange(start, start + len(xv), dtype=np.int64))
-        self._rows = np.concatenate([self._rows, iv])
-        self._n_rows += len(xv)
+        need = start + len(xv)
+        if need > len(self._buf):
+            grown = np.empty(max(need, 2 * len(self._buf)), dtype=np.int64)
+            grown[:start] = self._buf[:start]
+            self._buf = grown
+        self._buf[start:need] = iv
+        self._n_rows = need
         self._sorted = None
 
     def _rows_of(self, ids: np.ndarray) -> np.ndarray:
@@ -260,8 +271,8 @@ class PQIndex(_FaissIndex):
         pos = np.clip(np.searchsorted(sid, ids), 0, max(0, len(sid) - 1))
         if not len(sid):
             return np.empty(0, dtype=np.int64)
-        found = sid[pos] == ids
-        return srow[pos[found]]
+        rows = srow[pos[sid[pos] == ids]]
+        return rows[self._rows[rows] >= 0]  # rows removed since the sort now read -1
 
     def remove_ids(self, ids: np.ndarray) -> int:
         iv = np.unique(_as_ids(ids))
@@ -271,8 +282,7 @@ class PQIndex(_FaissIndex):
         if not len(rows):
             return 0
         n = int(self._ivf.remove_ids(faiss.IDSelectorBatch(rows)))
-        self._rows[rows] = -1
-        self._sorted = None
+        self._buf[rows] = -1  # the sorted copy stays valid: lookups re-check the row
         return n
 
     # ------------------------------------------------------------------ search
