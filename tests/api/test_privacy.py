@@ -243,3 +243,17 @@ def test_no_other_role_files_confirms_or_reads_privacy_requests(plive: Live, who
         assert c.post("/api/v1/privacy/access-requests.pdf", files=_files(photo)).status_code == want
         sup = c.get("/api/v1/privacy/suppressions").status_code
         assert sup == (200 if who == "root" else want)
+
+
+def test_only_the_sysadmin_creates_privacy_officers_and_they_belong_to_no_agency(plive: Live) -> None:
+    body = {"username": "privacy2", "password": "correct horse battery 9", "role": "privacy_officer"}
+    with plive.client("root") as c:
+        assert c.post("/api/v1/users", json={**body, "agency": "Agency A"}).status_code == 422
+        r = c.post("/api/v1/users", json=body)
+        assert r.status_code == 201, r.text
+        assert r.json()["role"] == "privacy_officer" and r.json()["agency"] is None
+        assert c.post("/api/v1/users", json={**body, "username": "inv_new", "role": "investigator",
+                                             "agency": "Agency A"}).status_code == 403
+    with plive.client("admin_a") as c:
+        r = c.post("/api/v1/users", json={**body, "username": "privacy3"})
+        assert r.status_code == 403 and r.json()["error"]["code"] == "forbidden"
