@@ -335,7 +335,7 @@ class Repository:
     def lockout(self, key: str) -> Lockout | None:
         """The lockout counters of a normalised user name (stored under its blind index)."""
         return self.s.scalar(select(Lockout).where(Lockout.key.in_(self.keyring.blind_indexes("user", key)))
-                             .order_by(Lockout.locked_until.desc()).limit(1))
+                             .order_by(Lockout.locked_until.desc().nulls_last()).limit(1))
 
     def lockout_for_update(self, key: str) -> Lockout:
         row = self.lockout(key)
