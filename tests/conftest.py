@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.milvus_server import milvus_server, milvus_uri  # noqa: F401 - one Milvus server per session
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -44,7 +46,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.skip(reason="needs a CUDA device (FACESEARCH_DEVICE=cuda)"))
 
 
-_KEEP_ENV = {"FACESEARCH_DEV_DATA", "FACESEARCH_TEST_POSTGRES_URL", "FACESEARCH_RUN_SLOW", "FACESEARCH_DEVICE"}
+_KEEP_ENV = {"FACESEARCH_DEV_DATA", "FACESEARCH_TEST_POSTGRES_URL", "FACESEARCH_RUN_SLOW", "FACESEARCH_DEVICE",
+             "FACESEARCH_TEST_MILVUS_URI"}
 
 
 @pytest.fixture(autouse=True)
