@@ -257,3 +257,25 @@ def test_only_the_sysadmin_creates_privacy_officers_and_they_belong_to_no_agency
     with plive.client("admin_a") as c:
         r = c.post("/api/v1/users", json={**body, "username": "privacy3"})
         assert r.status_code == 403 and r.json()["error"]["code"] == "forbidden"
+
+
+def test_a_request_left_unconfirmed_expires_and_keeps_nothing_of_the_person(plive: Live, dev_labels) -> None:  # noqa: ANN001
+    from datetime import datetime, timedelta, timezone
+
+    from facesearch.facade import FaceSearch
+    from facesearch.services.privacy import expire_pending
+
+    with plive.client("privacy") as c:
+        fresh = c.post("/api/v1/privacy/erasure-requests", files=_files(dev_labels["dlib_John_Simm"][3])).json()
+        old = c.post("/api/v1/privacy/erasure-requests", files=_files(dev_labels["dlib_John_Simm"][4])).json()
+    plive.sql("UPDATE erasure_requests SET created_at = :t WHERE public_id = :r",
+              t=datetime.now(timezone.utc) - timedelta(days=31), r=old["request_id"])
+    with FaceSearch(settings=plive.settings) as fs:
+        assert expire_pending(fs.ctx) == 1
+    assert plive.sql("SELECT status, probes, matches FROM erasure_requests WHERE public_id = :r",
+                     r=old["request_id"]) == [("expired", None, None)]
+    with plive.client("privacy") as c:
+        assert c.post(f"/api/v1/privacy/erasure-requests/{old['request_id']}/confirm").status_code == 409
+        assert c.get(f"/api/v1/privacy/erasure-requests/{fresh['request_id']}").json()["status"] == \
+            "pending_confirmation"
+        assert c.post(f"/api/v1/privacy/erasure-requests/{fresh['request_id']}/cancel").status_code == 200

@@ -23,7 +23,7 @@ import base64
 import json
 import secrets
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
 import numpy as np
 from sqlalchemy import select, update
@@ -39,6 +39,9 @@ from facesearch.store.tables import ErasureRequest, Face, Image, Suppression
 
 MAX_PHOTOS = 10
 PENDING = "pending_confirmation"
+#: A request neither confirmed nor cancelled within this time expires: the person's encrypted
+#: embeddings and the matches are dropped (:func:`expire_pending`, run by the retention schedule).
+PENDING_TTL = timedelta(days=30)
 NOTICE = ("Matches were found by face similarity above a conservative threshold; a person must check "
           "every one before confirming. Confirming deletes the images, their faces and index entries in "
           "every gallery, and keeps only the person's face template, encrypted, on the suppression list.")
@@ -79,7 +82,7 @@ class MatchView:
 @dataclass(frozen=True)
 class ErasureRequestView:
     request_id: str
-    status: str  # pending_confirmation | pending (erasing) | done | cancelled
+    status: str  # pending_confirmation | pending (erasing) | done | cancelled | expired
     created_at: datetime
     filed_by: str
     confirmed_by: str | None
@@ -340,4 +343,21 @@ class PrivacyDesk:
                                    r.lift_reason)
 
 
-__all__ = ["ErasureOutcome", "ErasureRequestView", "MatchView", "NOTICE", "PrivacyDesk", "SuppressionView"]
+def expire_pending(ctx: AppContext, now: datetime | None = None, max_age: timedelta = PENDING_TTL) -> int:
+    """Expire requests left awaiting confirmation longer than ``max_age`` (status ``expired``):
+    nothing is deleted from the galleries, and nothing of the person stays with the request."""
+    now = now or datetime.now(timezone.utc)
+    with ctx.repo() as repo:
+        rows = [(r.id, r.public_id, _aware(r.created_at)) for r in repo.s.scalars(
+            select(ErasureRequest).where(ErasureRequest.status == PENDING))]
+        stale = [(pk, rid) for pk, rid, at in rows if at is not None and now - at > max_age]
+        for pk, _ in stale:
+            repo.s.execute(update(ErasureRequest).where(ErasureRequest.id == pk, ErasureRequest.status == PENDING)
+                           .values(status="expired", probes=None, matches=None))
+    for _, rid in stale:
+        ctx.audit.append(AuditAction.ERASURE, actor="retention", agency=None, target=f"erasure:{rid}",
+                         outcome=AuditOutcome.SUCCESS, request_id=None, details={"step": "expired"})
+    return len(stale)
+
+
+__all__ = ["ErasureOutcome", "PENDING_TTL", "expire_pending", "ErasureRequestView", "MatchView", "NOTICE", "PrivacyDesk", "SuppressionView"]

@@ -24,6 +24,7 @@ STATUS_TEXT = {
     "pending": "Erasing: the erasure completes even if the server stops now",
     "done": "Erased: the images, faces and index entries are deleted and the person is suppressed",
     "cancelled": "Cancelled: nothing was deleted",
+    "expired": "Expired: it was not confirmed within 30 days; nothing was deleted",
 }
 
 
