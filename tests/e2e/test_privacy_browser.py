@@ -97,6 +97,14 @@ def test_privacy_officer_erases_a_person_and_the_sysadmin_lifts_the_suppression(
     assert re.search(r"Lifted .* by root: court ruling 2026/77", rows.first.inner_text())
     assert live.sql("SELECT count(*) FROM audit_log WHERE actor = 'root' AND details LIKE :d",
                     d="%suppression_lifted%court ruling 2026/77%") == [(1,)]
+    # and provisions another privacy officer, who belongs to no agency
+    page.get_by_role("link", name="Users").click()
+    page.get_by_label("User name").fill("privacy2")
+    page.get_by_label("Initial password").fill(PASSWORD)
+    page.get_by_label("Role").select_option("privacy_officer")
+    page.get_by_role("button", name="Create user").click()
+    page.get_by_role("heading", name="User privacy2 created").wait_for()
+    assert "Role privacy officer." in page.locator("section.created").inner_text()
     admin.close()
 
     # an investigator is refused the privacy pages -----------------------------------------------
