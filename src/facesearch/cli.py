@@ -757,6 +757,44 @@ def backup_restore(path: Path, force: bool, as_json: bool, home: str | None) -> 
                    + ", ".join(f"{k} {v}" for k, v in sorted(report.counts.items()) if v))
 
 
+# -- index --------------------------------------------------------------------------------------
+@main.group()
+def index() -> None:
+    """Where galleries' vectors are indexed: the embedded faiss index or Milvus."""
+
+
+@index.command("migrate")
+@click.option("--to", "to", type=click.Choice(["milvus", "faiss"]), required=True,
+              help="The backend to move to (milvus needs FACESEARCH_MILVUS_URI).")
+@click.option("--gallery", default=None, help="Only this gallery (default: every gallery).")
+@click.option("--sample", type=int, default=50, show_default=True,
+              help="Faces searched in both indexes to verify the copy before switching.")
+@click.option("--batch", type=int, default=5000, show_default=True, help="Faces copied per batch.")
+@click.option("--json", "as_json", is_flag=True, help="Print the reports as JSON.")
+@_home_option
+@_domain_errors
+def index_migrate(to: str, gallery: str | None, sample: int, batch: int, as_json: bool, home: str | None) -> None:
+    """Copy galleries' vectors to another backend (resumable: a killed run continues where it
+    stopped), verify counts and sample searches, and only then switch the gallery over."""
+    from facesearch.services.context import AppContext
+    from facesearch.services.index_migrate import migrate_index
+
+    ctx = AppContext(_settings(home))
+    try:
+        reports = migrate_index(ctx, gallery, to=to, sample=sample, batch=batch,
+                                on_batch=lambda done, total: log.info("copied %d of %d faces", done, total))
+    finally:
+        ctx.close()
+    if as_json:
+        _emit_json([r.to_json() for r in reports])
+        return
+    for r in reports:
+        click.echo(f"{r.gallery}: {r.faces} faces on {r.to}"
+                   + (f" ({r.collection})" if r.collection else "")
+                   + f"; copied {r.copied}" + (f" after face id {r.resumed_after_id}" if r.resumed_after_id else "")
+                   + f"; sample searches agreeing {r.sample_top1_agree}/{r.sample}; switched")
+
+
 # -- demo ---------------------------------------------------------------------------------------
 @main.command()
 @click.option("--keep", type=click.Path(file_okay=False), default=None,

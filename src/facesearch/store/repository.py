@@ -159,10 +159,11 @@ class Repository:
         ).one()
         return int(row[0] or 0), int(row[1] or 0)
 
-    def iter_embeddings(self, gallery_id: int, model_id: str, batch: int = 50_000
+    def iter_embeddings(self, gallery_id: int, model_id: str, batch: int = 50_000, after_id: int = 0
                         ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """(ids, vectors) of every face of a gallery embedded by one model, in id order, in batches."""
-        last = 0
+        """(ids, vectors) of every face of a gallery embedded by one model, in id order, in batches
+        (from the first id above ``after_id``: a resumed copy)."""
+        last = int(after_id)
         while True:
             rows = self.s.execute(
                 select(Face.id, Face.embedding).where(Face.gallery_id == gallery_id, Face.model_id == model_id,
