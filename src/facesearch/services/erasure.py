@@ -7,6 +7,11 @@ the person's suppression entry), so an erasure interrupted at any point is compl
 next start; the index entries are removed before the rows, and an index that disagrees with
 the database is only rebuilt after pending erasures are completed. The suppression list keeps
 only the person's embedding, encrypted; later ingests skip matching faces.
+
+Request states: ``pending_confirmation`` (filed through the service, awaiting a person's
+confirmation: see :mod:`facesearch.services.privacy`), ``pending`` (confirmed, being erased;
+completed at the next start if interrupted), ``done``, ``cancelled``, ``expired``. The CLI
+confirms at the terminal and writes its requests directly as ``pending``.
 """
 from __future__ import annotations
 
