@@ -13,6 +13,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, H
 
 from facesearch import __version__
 from facesearch.api import errors
+from facesearch.api.bodylimit import BodySizeLimit, limits_for
 from facesearch.api.ratelimit import RateLimiter
 from facesearch.api.routes import admin, auth, bootstrap, privacy, searches, transparency, web, web_privacy
 from facesearch.config import Settings
@@ -76,6 +77,7 @@ def create_app(settings: Settings, ctx: AppContext | None = None) -> FastAPI:
                               "and a purpose; candidates are investigative leads, not identifications.")
     app.state.ctx = ctx
     app.state.limits = RateLimiter.from_settings(settings)  # rate limits, built once (api/ratelimit.py)
+    app.add_middleware(BodySizeLimit, limit_for=limits_for(settings))  # before any body is read
     errors.install(app)
 
     hsts = cookie_secure(ctx)  # behind TLS

@@ -40,4 +40,5 @@ def transparency_page(ctx: CtxDep) -> HTMLResponse:
 <p>{e(n['your_rights']['access'])}</p><p>{e(n['your_rights']['erasure'])}</p>
 <p>{e(n['your_rights']['how_requests_are_handled'])}</p>
 </main></body></html>"""
-    return HTMLResponse(body, headers={"Content-Security-Policy": "default-src 'none'; style-src 'self'"})
+    return HTMLResponse(body, headers={"Content-Security-Policy": "default-src 'none'; style-src 'self'; "
+                                                                  "frame-ancestors 'none'; base-uri 'none'"})
