@@ -332,16 +332,17 @@ def suppression_list(home: str | None) -> None:
 
 @suppression.command("lift")
 @click.argument("suppression_id")
+@click.option("--reason", default=None, help="Why the entry is lifted (recorded in the audit trail).")
 @_home_option
 @_domain_errors
-def suppression_lift(suppression_id: str, home: str | None) -> None:
+def suppression_lift(suppression_id: str, reason: str | None, home: str | None) -> None:
     """Lift a suppression (an audited administrator decision)."""
     import getpass
 
     from facesearch.services.context import AppContext
     from facesearch.services.erasure import lift
 
-    lift(AppContext(_settings(home)), suppression_id, actor=getpass.getuser())
+    lift(AppContext(_settings(home)), suppression_id, actor=getpass.getuser(), reason=reason)
     click.echo(f"suppression {suppression_id} lifted")
 
 
