@@ -79,7 +79,7 @@ class LockoutPolicy:
         """Whole seconds until the lock ends (rounded up); 0 when not locked."""
         if not self.is_locked(state, now):
             return 0
-        assert state.locked_until is not None
+        assert state.locked_until is not None  # nosec B101 - narrows the type; is_locked() just checked it
         return max(1, math.ceil((state.locked_until - now).total_seconds()))
 
     def check(self, state: LockoutState, now: datetime) -> None:

@@ -107,7 +107,7 @@ def verify_password(
     return True, hasher.check_needs_rehash(stored_hash)
 
 
-def dummy_verify(password: str = "", *, params: Argon2Params = DEFAULT_PARAMS) -> None:
+def dummy_verify(password: str = "", *, params: Argon2Params = DEFAULT_PARAMS) -> None:  # nosec B107 - any input
     """Spend the time of one real verification, for logins of unknown users. Always fails."""
     try:
         _hasher(params).verify(_dummy_hash(params), _normalise(password))

@@ -370,7 +370,7 @@ class IVFIndex(_FaissIndex):
         # index_factory returns the (owning) IndexIVFScalarQuantizer itself; keep that object
         # (a downcast proxy would not own the C++ index)
         ivf = faiss.index_factory(d, f"IVF{nl},{_CODECS[codec]}", faiss.METRIC_INNER_PRODUCT)
-        assert isinstance(ivf, faiss.IndexIVFScalarQuantizer)
+        assert isinstance(ivf, faiss.IndexIVFScalarQuantizer)  # nosec B101 - narrows the type, not a security check
         ivf.cp.seed = int(seed)
         ntrain = min(n, max(1, min(256, int(train_per_list))) * nl)
         perm = rng.permutation(n)

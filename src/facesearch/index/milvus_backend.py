@@ -256,7 +256,7 @@ class MilvusIndexes:
     def close(self) -> None:
         try:
             self._client.close()
-        except Exception:  # noqa: BLE001 - closing a dead connection
+        except Exception:  # noqa: BLE001  # nosec B110 - closing a dead connection: nothing to do
             pass
 
 
@@ -385,7 +385,7 @@ class MilvusIndex:
         except IndexError_:
             raise
         except Exception as e:  # noqa: BLE001
-            raise IndexError_(f"Milvus delete from {self.collection}: {type(e).__name__}: {e}") from None
+            raise IndexError_(f"Milvus delete from {self.collection}: {type(e).__name__}: {e}") from None  # nosec B608 - a message, not SQL
         return int(len(present))
 
     def clear(self) -> int:

@@ -116,12 +116,12 @@ class OnnxEmbedder:
 
     @property
     def dim(self) -> int:
-        assert self.manifest.embedding_dim is not None
+        assert self.manifest.embedding_dim is not None  # nosec B101 - narrows the type, not a security check
         return self.manifest.embedding_dim
 
     @property
     def input_size(self) -> tuple[int, int]:
-        assert self.manifest.input_size is not None
+        assert self.manifest.input_size is not None  # nosec B101 - narrows the type, not a security check
         return self.manifest.input_size
 
     def embed(self, chips: np.ndarray) -> np.ndarray:

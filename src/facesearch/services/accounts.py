@@ -68,7 +68,8 @@ class IssuedToken:
     expires_in: int
 
     def to_json(self) -> dict[str, object]:
-        return {"access_token": self.access_token, "token_type": "bearer", "expires_in": self.expires_in}
+        return {"access_token": self.access_token, "token_type": "bearer",  # nosec B105 - OAuth token type name
+                "expires_in": self.expires_in}
 
 
 def _agency_info(a: Agency) -> AgencyInfo:

@@ -310,7 +310,7 @@ def rotate(engine: Engine, keyring: Keyring, source: KeySource, batch: int = 200
     resumed = bool(state and not state.get("done"))
     new_key = False
     if resumed:
-        assert state is not None
+        assert state is not None  # nosec B101 - narrows the type; resumed implies a saved state
         target = int(state["target"])
     elif source.env_key:
         target = keyring.current_version  # the operator added the new version to FACESEARCH_KEY

@@ -246,7 +246,7 @@ class Keyring:
     @property
     def material(self) -> KeyMaterial:
         self._ensure()
-        assert self._material is not None
+        assert self._material is not None  # nosec B101 - narrows the type; _ensure() just loaded it
         return self._material
 
     @property
@@ -275,7 +275,7 @@ class Keyring:
     def decrypt(self, blob: bytes, aad: str) -> bytes:
         if blob[:1] == _V1:
             legacy = self._get(1).legacy
-            assert legacy is not None
+            assert legacy is not None  # nosec B101 - narrows the type; version 1 always has its legacy cipher
             return legacy.decrypt(blob, aad)
         if blob[:1] != _V2 or len(blob) < 5 + _MIN_BLOB - 1:
             raise KeyError_("not a facesearch ciphertext")

@@ -225,7 +225,7 @@ def login_form(request: Request, ctx: CtxDep, next: str = "/", expired: str | No
 
 
 @router.post("/login")
-def login(request: Request, ctx: CtxDep, rid: RequestId,
+def login(request: Request, ctx: CtxDep, rid: RequestId,  # nosec B107 - empty form defaults, not passwords
           username: Annotated[str, Form()] = "", password: Annotated[str, Form()] = "",
           code: Annotated[str, Form()] = "", csrf: Annotated[str, Form()] = "",
           next: Annotated[str, Form()] = "/") -> Response:
@@ -378,7 +378,7 @@ def users_form(user: User) -> Response:
 
 
 @router.post("/admin/users")
-def add_user(user: Posting, ctx: CtxDep, username: Annotated[str, Form()] = "",
+def add_user(user: Posting, ctx: CtxDep, username: Annotated[str, Form()] = "",  # nosec B107 - empty form defaults
              password: Annotated[str, Form()] = "", role: Annotated[str, Form()] = "",
              agency: Annotated[str, Form()] = "") -> Response:
     try:
