@@ -137,7 +137,7 @@ class Accounts:
         if role_ in OPERATOR_ROLES and agency_info is not None:
             raise InvalidInput(f"a {role_.value} works for the operator and belongs to no agency")
         if actor_agency_id is not None and (agency_info is None or agency_info.id != actor_agency_id):
-            raise NotFound(f"agency {agency!r} does not exist")  # an agency admin manages only its own
+            raise NotFound("no agency of this name exists")  # an agency admin manages only its own
         secret = new_secret()
         with self.ctx.repo() as repo:
             if repo.user_by_name(key) is not None:
