@@ -4,7 +4,8 @@
 - search records (with their candidates, reviews and probes) after ``search_retention_days``
   (default 365);
 - gallery images (with their faces and index entries) ``retention_days`` after they were
-  collected (or ingested, when the collection time is unknown), for galleries that set it.
+  collected (or ingested, when the collection time is unknown), for galleries that set it;
+- erasure requests left unconfirmed for 30 days (the person's encrypted embeddings with them).
 
 The audit trail is never purged here: its records are kept (and the database refuses to
 delete them). Every run is audited. The clock is injected so tests can move it.
@@ -20,6 +21,7 @@ from sqlalchemy import delete, func, select
 
 from facesearch.audit import AuditAction, AuditOutcome
 from facesearch.services.context import AppContext
+from facesearch.services.privacy import expire_pending
 from facesearch.store.tables import Face, Gallery, Image, ProbeImage, Search
 
 
@@ -34,11 +36,13 @@ class RetentionReport:
     searches_deleted: int
     images_deleted: int
     faces_deleted: int
+    erasure_requests_expired: int = 0
 
     def to_json(self) -> dict[str, object]:
         return {"at": self.at.isoformat(), "probes_deleted": self.probes_deleted,
                 "searches_deleted": self.searches_deleted, "images_deleted": self.images_deleted,
-                "faces_deleted": self.faces_deleted}
+                "faces_deleted": self.faces_deleted,
+                "erasure_requests_expired": self.erasure_requests_expired}
 
 
 def set_gallery_retention(ctx: AppContext, gallery: str, days: int | None) -> None:
@@ -82,7 +86,9 @@ def run_retention(ctx: AppContext, clock: Callable[[], datetime] = _utcnow, acto
         ctx.indexes.remove(key, np.asarray(face_ids, dtype=np.int64), max_id)
         images += len(expired)
         faces += len(face_ids)
-    report = RetentionReport(now, int(probes), int(searches), images, faces)
+    # erasure requests never confirmed: the person's encrypted probe embeddings and match list go
+    expired_requests = expire_pending(ctx, now)
+    report = RetentionReport(now, int(probes), int(searches), images, faces, expired_requests)
     ctx.audit.append(AuditAction.ERASURE, actor=actor, agency=None, target="retention",
                      outcome=AuditOutcome.SUCCESS, request_id=None, details={"reason": "retention", **{
                          k: v for k, v in report.to_json().items() if k != "at"}})
