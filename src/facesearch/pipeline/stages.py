@@ -280,6 +280,9 @@ def _worker_main(settings_json: str, inq: Any, outq: Any, decode_threads: int, p
     from facesearch.pipeline.build import build_pipeline
 
     try:
+        import cv2
+
+        cv2.setNumThreads(1)  # the parallelism is the worker processes; no nested thread pools
         settings = Settings.model_validate_json(settings_json)
         analyzer = StagedAnalyzer(build_pipeline(settings), settings, decode_threads)
     except BaseException as e:  # noqa: BLE001 - reported to the parent
@@ -314,9 +317,9 @@ class WorkerPool:
     order they finish."""
 
     def __init__(self, settings: Settings, workers: int, decode_threads: int = 1) -> None:
-        # CUDA does not survive a fork: GPU workers start fresh; CPU workers fork (fast start;
-        # the parent has loaded no model session yet, sessions are created lazily)
-        ctx = mp.get_context("spawn" if settings.device == "cuda" else "fork")
+        # spawn, never fork: a fork copies the locks of the parent's running threads (OpenCV's,
+        # ONNX Runtime's, the progress bar's) and CUDA does not survive one
+        ctx = mp.get_context("spawn")
         self.inq: Any = ctx.Queue()
         self.outq: Any = ctx.Queue()
         js = settings.model_dump_json()
@@ -368,13 +371,17 @@ def chunked(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
 
 def run_chunks(chunks: Iterable[Sequence[str]], *, settings: Settings, pipeline: Any = None,
                workers: int = 1, window: int | None = None, decode_threads: int = 2,
-               meter: StageMeter | None = None) -> Iterator[tuple[int, ChunkResult]]:
+               meter: StageMeter | None = None, pool: WorkerPool | None = None,
+               ) -> Iterator[tuple[int, ChunkResult]]:
     """Analyze chunks of image paths with the stages overlapped; yields ``(tag, result)`` with
     ``tag`` the chunk's position, as chunks finish. At most ``window`` chunks are in flight.
     ``workers`` <= 1 runs the stages as threads of this process on ``pipeline``; more runs
-    that many worker processes (each builds its own pipeline from ``settings``)."""
+    that many worker processes (each builds its own pipeline from ``settings``), or uses
+    ``pool``, already started, which stays open for the caller."""
+    if pool is not None:
+        workers = len(pool.procs)
     window = window or max(2, 2 * max(1, workers) + 2)
-    if workers <= 1:
+    if workers <= 1 and pool is None:
         if pipeline is None:
             from facesearch.pipeline.build import build_pipeline
 
@@ -404,7 +411,8 @@ def run_chunks(chunks: Iterable[Sequence[str]], *, settings: Settings, pipeline:
             results.close()
             analyzer.close()
         return
-    pool = WorkerPool(settings, workers, decode_threads)
+    own = pool is None
+    pool = pool or WorkerPool(settings, workers, decode_threads)
     inflight = 0
     try:
         for tag, chunk in enumerate(chunks):
@@ -423,7 +431,8 @@ def run_chunks(chunks: Iterable[Sequence[str]], *, settings: Settings, pipeline:
                 meter.add_chunk(r)
             yield r.tag, r
     finally:
-        pool.close()
+        if own:
+            pool.close()
 
 
 def embeddings_of(results: Iterable[ChunkResult]) -> np.ndarray:
