@@ -366,10 +366,12 @@ def test_choose_kind_follows_gallery_size():
     assert choose_kind(2_000_001, d, exact_max=50_000) == "ivfpq"
     # fp16 lists would not fit the budget -> PQ even below sq_max
     assert choose_kind(1_000_000, d, 50_000, ram_budget=200 * 2**20) == "ivfpq"
-    # 100M x (32 + 8) bytes = 3.7 GiB: fits 4 GiB; at 512-d (64 + 8 bytes) it does not
+    # (32 + 16) bytes per face at 128-d: 50M fit the default 4 GiB, 100M do not
     assert pq_m(128) == 32 and pq_m(512) == 64
-    assert choose_kind(100_000_000, 128, 50_000) == "ivfpq"
-    assert choose_kind(100_000_000, 512, 50_000) == "ivfpq-ondisk"
+    assert choose_kind(50_000_000, 128, 50_000) == "ivfpq"
+    assert choose_kind(100_000_000, 128, 50_000) == "ivfpq-ondisk"
+    assert choose_kind(100_000_000, 128, 50_000, ram_budget=8 * 2**30) == "ivfpq"
+    assert choose_kind(60_000_000, 512, 50_000) == "ivfpq-ondisk"  # 80 B x 60M > 4 GiB
 
 
 def test_factory_builds_compressed_above_sq_max(pq_data, tmp_path: Path):

@@ -81,8 +81,9 @@ def pq_nlist(n: int) -> int:
 
 
 def pq_bytes_per_face(d: int) -> int:
-    """Resident bytes per face of the PQ lists (code + 8-byte id)."""
-    return pq_m(d) + 8
+    """Resident bytes per face with lists in memory: code, 8-byte row number in the list and
+    8-byte entry in the row -> database id map."""
+    return pq_m(d) + 16
 
 
 @dataclass(frozen=True)
