@@ -80,6 +80,15 @@ class TorchGraph:
         self.inputs = [i.name for i in g.input if i.name not in self.consts]
         self.outputs = [o.name for o in g.output]
         self.nodes = [(n.op_type, list(n.input), list(n.output), _attrs(n)) for n in g.node]
+        # after node i, the activations no later node reads are dropped (peak memory of a deep
+        # graph on a large batch stays a few activations, not all of them)
+        last: dict[str, int] = {}
+        for i, (_, ins, _, _) in enumerate(self.nodes):
+            for name in ins:
+                if name and name not in self.consts:
+                    last[name] = i
+        keep = set(self.outputs)
+        self._drop = [[n for n, j in last.items() if j == i and n not in keep] for i in range(len(self.nodes))]
         # Conv weights: ONNX and PyTorch agree (out, in, kh, kw); MatMul right operands stay.
         self._ops: dict[str, Callable[..., Any]] = {
             "Add": lambda a, b, **_: a + b,
@@ -184,9 +193,12 @@ class TorchGraph:
         env: dict[str, Any] = dict(self.consts)
         env.update(zip(self.inputs, inputs))
         with torch.inference_mode():
-            for op, ins, outs, attrs in self.nodes:
+            for (op, ins, outs, attrs), drop in zip(self.nodes, self._drop):
                 args = [env[i] if i else None for i in ins]
                 env[outs[0]] = self._ops[op](*args, **attrs)
+                del args
+                for name in drop:
+                    env.pop(name, None)
         return [env[o] for o in self.outputs]
 
     def run(self, *arrays: np.ndarray) -> list[np.ndarray]:

@@ -52,13 +52,14 @@ def make_detector(detector_id: str, registry: ModelRegistry, settings: Settings,
     if device == "cuda" and detector_id == "mtcnn":
         from facesearch.models.torch_models import TorchMtcnnDetector
 
-        return TorchMtcnnDetector(registry.get("mtcnn"), device="cuda")
+        return TorchMtcnnDetector(registry.get("mtcnn"), device="cuda", min_face_size=max(20, settings.min_face_px))
     if detector_id == "dlib-hog":
         return DlibHogDetector(upsample=settings.upsample, max_side=settings.max_side_for_detection)
-    if detector_id == "mtcnn":
+    if detector_id == "mtcnn":  # faces under min_face_px are rejected anyway: the pyramid starts there
         from facesearch.models.mtcnn import MtcnnDetector
 
-        return MtcnnDetector(registry.get("mtcnn"), threads=settings.ort_threads)
+        return MtcnnDetector(registry.get("mtcnn"), threads=settings.ort_threads,
+                             min_face_size=max(20, settings.min_face_px))
     if detector_id == "scrfd-500m":
         from facesearch.models.scrfd import ScrfdDetector
 
