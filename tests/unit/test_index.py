@@ -465,6 +465,9 @@ def test_ondisk_lists_reopen(pq_data, pq_built, tmp_path: Path):
     _, J = back.search(q, 10)
     np.testing.assert_array_equal(I, J)
     assert _r1(back, x, ids, q) >= 0.93
+    gone = np.unique(J[:, 0])
+    assert back.remove_ids(gone) == len(gone)  # removal from memory-mapped lists
+    assert not np.isin(back.search(q, 10)[1], gone).any()
     del back
     (tmp_path / "od.vec16").unlink()
     with pytest.raises(IndexError_, match="vector store"):
