@@ -740,6 +740,23 @@ def backup_create(path: Path, as_json: bool, home: str | None) -> None:
                    f"({report.bytes:,} bytes); the key is not in it: keep the key separately")
 
 
+@backup.command("verify")
+@click.argument("path", type=click.Path(path_type=Path, exists=True, file_okay=False))
+@click.option("--json", "as_json", is_flag=True)
+@_home_option
+@_domain_errors
+def backup_verify(path: Path, as_json: bool, home: str | None) -> None:
+    """Check the backup at PATH (seal, hashes, file list, row counts) without restoring it."""
+    from facesearch.services.backup import verify_backup
+
+    m = verify_backup(_settings(home), path)
+    if as_json:
+        _emit_json({"ok": True, "database": m.database, "created_at": m.created_at, "parts": len(m.parts),
+                    "counts": m.counts})
+    else:
+        click.echo(f"backup {path} is intact: {m.database} database of {m.created_at}, {len(m.parts)} parts")
+
+
 @backup.command("restore")
 @click.argument("path", type=click.Path(path_type=Path, exists=True, file_okay=False))
 @click.option("--force", is_flag=True, help="Replace the installation's existing database and indexes.")

@@ -109,6 +109,8 @@ def test_backup_restores_an_identical_verifiable_state_and_refuses_tampering(tmp
             assert not any(s in data for s in secrets), f
     assert os.stat(bk).st_mode & 0o077 == 0
 
+    code, out = cli("backup", "verify", str(bk), "--home", str(home), "--json")
+    assert code == 0 and json.loads(out)["ok"] is True and json.loads(out)["counts"] == counts, out
     # restoring over a live database needs --force
     code, out = cli("backup", "restore", str(bk), "--home", str(home))
     assert code == 1 and "--force" in out
@@ -169,6 +171,8 @@ def test_backup_restores_an_identical_verifiable_state_and_refuses_tampering(tmp
     }
     for name, change in cases.items():
         code, out = tampered(name, change)
+        assert code == 1 and "backup_invalid" in out, (name, out)
+        code, out = cli("backup", "verify", str(tmp_path / name), "--home", str(home))
         assert code == 1 and "backup_invalid" in out, (name, out)
     assert sha(home / "facesearch.db") == live
 
