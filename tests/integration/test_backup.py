@@ -180,6 +180,10 @@ def test_backup_restores_an_identical_verifiable_state_and_refuses_tampering(tmp
     # (a fresh home makes its own) does not verify it
     other = tmp_path / "other-home"
     code, out = cli("backup", "restore", str(bk), "--home", str(other))
+    assert code == 1 and "no key" in out and not (other / "keys").exists(), out  # nothing made up
+    with FaceSearch(home=other, workers=1) as fs:
+        fs.ctx.cipher.encrypt(b"x", "test")  # an installation with its own key (made on first use)
+    code, out = cli("backup", "restore", str(bk), "--home", str(other), "--force")
     assert code == 1 and "another key" in out, out
     # with the key (kept apart from the backup), a new machine gets the same state
     shutil.copytree(home / "keys", tmp_path / "new-home" / "keys")

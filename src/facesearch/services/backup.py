@@ -346,6 +346,9 @@ def verify_backup(settings: Settings, src: Path) -> BackupManifest:
         raise BackupInvalid("the backup's manifest is not valid JSON") from None
     if m.format != FORMAT:
         raise BackupInvalid(f"unknown backup format {m.format!r} (this version reads {FORMAT})")
+    if not settings.key and not _key_file(settings).exists():
+        raise BackupInvalid(f"this installation has no key: put the key the backup was made with at "
+                            f"{_key_file(settings)} (or set FACESEARCH_KEY) first")
     _check_seal(settings, m)
     listed = set()
     for part in m.parts:
