@@ -141,3 +141,13 @@ def test_client_address_believes_only_trusted_proxies(peer: str, xff: str | None
 
 def test_without_trusted_proxies_the_header_is_never_read() -> None:
     assert client_address("127.0.0.1", "1.2.3.4", ()) == "127.0.0.1"
+
+
+def test_long_keys_share_a_bucket_by_digest_and_stay_small() -> None:
+    clock = Clock()
+    rl = limiter(clock, account=1)
+    huge = "a" * 1_000_000
+    rl.hit(Action.LOGIN, account=huge, address="x")
+    with pytest.raises(RateLimited):
+        rl.hit(Action.LOGIN, account=huge, address="y")
+    assert all(len(k[2]) <= 128 for k in rl._buckets)

@@ -26,6 +26,7 @@ runs uvicorn with its own proxy-header handling off, so this is the one place th
 """
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import math
 import threading
@@ -105,7 +106,7 @@ class RateLimiter:
         """Count one request of ``account`` from ``address``; raise :class:`RateLimited` (with
         the seconds until it would be allowed) when either bucket is empty. A refused request
         takes no token from either bucket, so retrying after ``Retry-After`` succeeds."""
-        keys = [(per, key) for per, key in (("account", account), ("address", address)) if key is not None]
+        keys = [(per, _bounded(key)) for per, key in (("account", account), ("address", address)) if key is not None]
         with self._lock:
             now = self.clock()
             self._sweep(now)
@@ -150,6 +151,11 @@ class RateLimiter:
 
     def client_address(self, peer: str | None, forwarded_for: str | None) -> str | None:
         return client_address(peer, forwarded_for, self.trusted_proxies)
+
+
+def _bounded(key: str) -> str:
+    """A long key (a megabyte-long "user name") is kept as its digest: memory stays bounded."""
+    return key if len(key) <= 128 else "sha256:" + hashlib.sha256(key.encode("utf-8", "replace")).hexdigest()
 
 
 def parse_networks(spec: str | Iterable[str] | None) -> tuple[Network, ...]:
