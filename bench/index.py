@@ -295,7 +295,7 @@ def plot(out: Path) -> Path | None:
         log("matplotlib missing (pip install -e .[bench]): no plot")
         return None
     rows = []
-    for p in sorted(out.glob("index-*.json")):
+    for p in sorted(out.glob("index-[0-9]*.json")):  # index-128.json, index-512.json
         rows += json.loads(p.read_text())
     if not rows:
         return None
