@@ -3,7 +3,8 @@
 ``milvus_uri`` starts the server shipped by the PyPI package ``milvus`` (its own data folder
 under the session's tmp folder, free ports found by the package) once, and stops it at the end;
 ``FACESEARCH_TEST_MILVUS_URI`` points the tests at a running server instead. Without the extra
-the tests that use it are skipped with the reason.
+the tests that use it are skipped with the reason. Two standalone servers on one machine do not
+start side by side (the second one times out), so do not run the Milvus benchmark meanwhile.
 """
 from __future__ import annotations
 
@@ -35,15 +36,25 @@ class MilvusTestServer:
         self.base = base
         self._server = MilvusServer()
         self._server.set_base_dir(str(base))
+        # a Strong read waits about two proxy time ticks: 20 ms instead of Milvus' default 200 ms
+        self._server.config.set("proxy.timeTickInterval", 20)
         self.start_s = 0.0
 
     @property
     def uri(self) -> str:
         return f"http://127.0.0.1:{self._server.listen_port}"
 
-    def start(self) -> None:
+    def start(self, timeout_s: float = 150) -> None:
         t = time.perf_counter()
-        self._server.start()  # waits for /healthz
+        self._server.wait_for_started = False
+        self._server.start()
+        try:
+            self._server.wait_started(timeout=timeout_s * 1000)  # polls /healthz
+        except (TimeoutError, RuntimeError) as e:
+            self.stop()
+            log = self.base / "logs" / "milvus-stdout.log"
+            raise RuntimeError(f"the Milvus test server did not start ({e}); is another Milvus standalone "
+                               f"server running on this machine? Its log: {log}") from None
         self.start_s = time.perf_counter() - t
 
     def stop(self, grace_s: float = 1.0) -> None:

@@ -246,6 +246,13 @@ class MilvusIndexes:
         name = self.ensure_collection(model_id, d)
         return MilvusIndex(self, name, int(d), int(gallery_id), int(agency_id or 0))
 
+    def drop_gallery(self, model_id: str, gallery_id: int) -> None:
+        """Delete a gallery's rows from the model's collections (any dimension)."""
+        stem = f"{_safe(self.config.prefix)}_{_safe(model_id)}_"
+        for name in self._client.list_collections():
+            if name.startswith(stem) and name[len(stem):].isdigit():
+                self._client.delete(name, filter=f"gallery == {int(gallery_id)}")
+
     def drop_collection(self, model_id: str, d: int) -> None:
         name = self.collection_name(model_id, d)
         with self._lock:

@@ -4,10 +4,10 @@
 ``IndexManager`` (``get``, ``add``, ``remove``, ``save``, ``maybe_upgrade``, ``rebuild``,
 ``drop``), each sent to the backend of that gallery and model.
 
-The backend of a (gallery, model) is its placement record, a small JSON file beside the faiss
-files (``<index dir>/gallery-<id>-<model>.placement.json``, written atomically by
-``services/index_migrate.py`` once a migration is verified); without one it is
-``FACESEARCH_INDEX``. The placement is re-read on every ``get`` (one small file), so a server
+The backend of a gallery (all its models: a gallery being re-embedded stays where it is) is its
+placement record, a small JSON file beside the faiss files (``<index dir>/gallery-<id>.placement.json``,
+written atomically by ``services/index_migrate.py`` once a migration is verified); without one it
+is ``FACESEARCH_INDEX``. The placement is re-read on every ``get`` (one small file), so a server
 that is running when a migration switches a gallery follows it at its next search.
 
 For Milvus the database stays the source of truth as for faiss, but there is no file to
@@ -50,7 +50,7 @@ class Placement:
 
 
 def placement_path(index_dir: Path, key: IndexKey) -> Path:
-    return index_dir / f"{key.stem}.placement.json"
+    return index_dir / f"gallery-{key.gallery_id}.placement.json"
 
 
 def read_placement(index_dir: Path, key: IndexKey) -> Placement | None:
@@ -155,15 +155,18 @@ class IndexRouter:
         if self.backend_of(key) == "faiss":
             return self.faiss.rebuild(repo, key, dim)
         view = self.milvus_view(repo, key, dim)
-        reconcile(repo, key, view, force=True)
+        reconcile(repo, key, view)  # the count check, as the faiss side's watermark
         return view
 
     def drop(self, key: IndexKey) -> None:
-        """Forget a (gallery, model) index: its faiss files, and its Milvus rows if it has any."""
+        """Forget a (gallery, model) index: its faiss files, and its Milvus rows if it has any
+        (a gallery re-embedded with another model)."""
         with self._lock:
             view = self._views.pop(key, None)
         if view is not None:
             view.clear()
+        elif self.milvus is not None and self.backend_of(key) == "milvus":
+            self.milvus.drop_gallery(key.model_id, key.gallery_id)
         self.faiss.drop(key)
 
     def __getattr__(self, name: str) -> Any:  # exact_max, target_recall, ... of the faiss manager
