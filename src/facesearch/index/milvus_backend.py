@@ -23,10 +23,13 @@ Consistency
     Every search and count runs at ``Strong`` consistency: Milvus waits until the query node has
     applied every write whose timestamp precedes the request, so a face deleted by a call that
     has returned is never returned by a later search, from any process. (``Bounded`` would let a
-    search from another process see a state up to a few hundred milliseconds old; ``Session``
-    guarantees read-your-writes only inside one client. Strong costs a wait for the next time
-    tick on each request, measured in ``bench/results/index-milvus.md``.) Writes are durable when
-    the call returns (Milvus' write-ahead log), so ``save`` has nothing to do.
+    search from another process see a state up to a few seconds old; ``Session`` guarantees
+    read-your-writes only inside one client.) Strong costs a wait of about two proxy time ticks
+    on each request: ~400 ms at Milvus' default ``proxy.timeTickInterval`` of 200 ms, ~40 ms at
+    20 ms (``bench/results/index-milvus.md``; Bounded reads take 6-11 ms), so an installation
+    that searches interactively sets ``proxy.timeTickInterval: 20`` on its Milvus server, as the
+    tests and the benchmark do. Writes are durable when the call returns (Milvus' write-ahead
+    log), so ``save`` has nothing to do.
 
 Writes
     ``add_with_ids`` replaces rows keyed by face id (delete present ids, then insert; Milvus'
@@ -68,7 +71,7 @@ __all__ = ["MilvusConfig", "MilvusIndex", "MilvusIndexes", "milvus_available", "
 
 INDEX_TYPES = ("HNSW", "IVF_FLAT", "IVF_SQ8", "IVF_PQ", "FLAT")
 CONSISTENCY = "Strong"
-_BATCH = 5_000  # rows per upsert request (well under Milvus' 64 MiB gRPC message limit at d=512)
+_BATCH = 5_000  # rows per insert request (well under Milvus' 64 MiB gRPC message limit at d=512)
 _IN_BATCH = 10_000  # ids per "id in [...]" expression
 
 
