@@ -38,13 +38,13 @@ def _setup(home: Path, tmp: Path, dev_labels) -> dict[str, list[Path]]:  # noqa:
 
 def _person_vectors(home: Path) -> list[bytes]:
     with FaceSearch(home=home) as fs, fs.ctx.repo() as repo:
-        return [bytes(e) for e in repo.s.scalars(select(Face.embedding).join(Image).where(Image.subject == PERSON))]
+        return [bytes(e) for e in repo.s.scalars(select(Face.embedding).join(Image).where(repo.subject_is(PERSON)))]
 
 
 def _assert_erased(home: Path, vectors: list[bytes], dev_labels, plan) -> None:  # noqa: ANN001
     with FaceSearch(home=home, workers=1) as fs:
         with fs.ctx.repo() as repo:
-            assert not list(repo.s.scalars(select(Image.id).where(Image.subject == PERSON)))  # not in the database
+            assert not list(repo.s.scalars(select(Image.id).where(repo.subject_is(PERSON))))  # not in the database
         for g in ("g1", "g2"):
             r = fs.search(dev_labels[PERSON][5], gallery=g, case_number="C", purpose="p")
             assert all(c.subject != PERSON for c in r.faces[0].candidates)  # not found by search

@@ -139,7 +139,7 @@ def test_subject_from_folder_labels_and_deleted_image_is_never_returned(tmp_path
             from sqlalchemy import select
             from facesearch.store.tables import Image as Img
 
-            obama_images = list(repo.s.scalars(select(Img.id).where(Img.subject == "fr_obama")))
+            obama_images = list(repo.s.scalars(select(Img.id).where(repo.subject_is("fr_obama"))))
         for image_id in obama_images:
             fs.delete_image(image_id)
         left = fs.search(probe, gallery="g", case_number="C", purpose="p").faces[0].candidates

@@ -135,10 +135,13 @@ def blob_tables() -> list[BlobTable]:
 # the data step of migration 0009 ---------------------------------------------------------------
 def encrypt_plaintext(engine: Engine, keyring: Keyring, batch: int = 500) -> int:
     """Encrypt clear values left by schemas before 0009, fill the blind indexes and re-key the
-    lockouts; once (marked in ``crypto_state``). Returns the number of rows changed."""
+    lockouts; once per set of encrypted columns (kept in ``crypto_state``: a later schema that
+    encrypts one more column runs it again). Returns the number of rows changed."""
+    covered = sorted(iter_specs())
     with engine.connect() as conn:
-        if conn.execute(select(CryptoState.value).where(CryptoState.name == PLAINTEXT_DONE)).first():
-            return 0
+        done = conn.execute(select(CryptoState.value).where(CryptoState.name == PLAINTEXT_DONE)).scalar()
+    if done is not None and set(covered) <= set(json.loads(done).get("columns", [])):
+        return 0
     changed = 0
     for spec in text_tables():
         changed += _rewrite_table(engine, keyring, spec, None, batch)
@@ -152,7 +155,9 @@ def encrypt_plaintext(engine: Engine, keyring: Keyring, batch: int = 500) -> int
                 key=keyring.blind_index("user", normalise_user_name(key)), failures=failures,
                 window_started_at=started, locked_until=until))
             changed += 1
-        conn.execute(insert(CryptoState.__table__).values(name=PLAINTEXT_DONE, value="{}", updated_at=_now()))
+        t = CryptoState.__table__
+        conn.execute(delete(t).where(t.c.name == PLAINTEXT_DONE))
+        conn.execute(insert(t).values(name=PLAINTEXT_DONE, value=json.dumps({"columns": covered}), updated_at=_now()))
     if changed and engine.dialect.name == "sqlite":
         _compact_sqlite(engine)
     return changed

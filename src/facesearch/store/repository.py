@@ -348,3 +348,7 @@ class Repository:
     def searches_of_case(self, case_number: str):  # noqa: ANN201 - a select on Search
         """A select of the searches of one case number (by its blind index)."""
         return Search.case_bi.in_(self.keyring.blind_indexes("case", case_number.strip()))
+
+    def subject_is(self, subject: str):  # noqa: ANN201 - a where clause on Image
+        """Images labelled ``subject`` (by its blind index: the label itself is encrypted)."""
+        return Image.subject_bi.in_(self.keyring.blind_indexes("subject", subject))
