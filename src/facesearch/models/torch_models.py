@@ -6,7 +6,6 @@ rounding (tests/unit/test_torch_models.py).
 """
 from __future__ import annotations
 
-import logging
 import threading
 from typing import Any
 
@@ -18,7 +17,6 @@ from facesearch.models.mtcnn import MtcnnDetector
 from facesearch.models.onnx_embedder import OnnxEmbedder, l2_normalise
 from facesearch.models.torch_onnx import TorchGraph, cuda_available, torch_available
 
-log = logging.getLogger(__name__)
 
 
 def resolve_device(wanted: str) -> str:

@@ -24,11 +24,9 @@ OPS = ("Add", "AveragePool", "Conv", "Flatten", "GlobalAveragePool", "MatMul", "
 
 
 def torch_available() -> bool:
-    try:
-        import torch  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    import importlib.util
+
+    return importlib.util.find_spec("torch") is not None
 
 
 def cuda_available() -> bool:

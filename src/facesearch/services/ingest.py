@@ -21,7 +21,6 @@ from pathlib import Path
 
 import numpy as np
 
-from facesearch.config import Settings
 from facesearch.audit import AuditAction, AuditOutcome
 from facesearch.errors import (
     Conflict, FaceSearchError, InvalidInput, MissingLegalBasis, ModelMismatch, PathNotFound,
