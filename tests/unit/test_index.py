@@ -435,6 +435,14 @@ def test_pq_deletes_take_effect_at_once(pq_data, tmp_path: Path):
     back = load_index(tmp_path / "d.faiss")
     _, J2 = back.search(q, 10)
     assert not np.isin(J2, gone).any() and back.ntotal == idx.ntotal
+    # fewer faces than k: the rest is padded with -1 / -inf, like faiss
+    keep = ids[~np.isin(ids, gone)][:4]
+    back.remove_ids(np.concatenate([ids[~np.isin(ids, keep)], [10**8]]))
+    assert back.ntotal == 4
+    back.set_search(nprobe=back.nlist)  # every list probed: all four are found
+    D, I = back.search(q[:3], 10)
+    assert set(I[:, :4].ravel()) == set(keep.tolist())
+    assert (I[:, 4:] == -1).all() and np.isneginf(D[:, 4:]).all()
 
 
 def test_pq_save_load_round_trip(pq_built, pq_data, tmp_path: Path):
