@@ -9,6 +9,8 @@ from datetime import datetime, timedelta, timezone
 import httpx
 
 from facesearch.auth.totp import code_at
+from facesearch.services.keys import key_source
+from facesearch.store.crypto import Keyring
 from tests.api.conftest import CASE, PASSWORD, PURPOSE
 from tests.api.conftest import Live as WebLive
 
@@ -55,8 +57,10 @@ def test_two_investigators_confirm_a_match_and_the_supervisor_exports_the_case(c
     page.wait_for_url(f"{live.url}/search")
     cookie = next(c for c in a1.cookies() if c["name"] == "fs_session")
     assert cookie["httpOnly"] and cookie["sameSite"] == "Strict"
+    # user names are encrypted at rest: the row is found by the name's blind index
+    inv_a1 = Keyring(key_source(live.settings)).blind_index("user", "inv_a1")
     assert live.sql("SELECT kind, revoked_at IS NULL FROM tokens WHERE user_id = "
-                    "(SELECT id FROM users WHERE username_key = 'inv_a1') ORDER BY created_at") == [
+                    "(SELECT id FROM users WHERE username_bi = :bi) ORDER BY created_at", bi=inv_a1) == [
         ("api", False), ("session", True)]  # the login's API token was swapped for a session
 
     page.get_by_label("Gallery").select_option("bookings-a")
@@ -132,8 +136,9 @@ def test_two_investigators_confirm_a_match_and_the_supervisor_exports_the_case(c
 
     # a session idle for more than 30 minutes is refused
     live.sql("UPDATE tokens SET last_used_at = :t WHERE hash = (SELECT hash FROM tokens WHERE kind = 'session' "
-             "AND revoked_at IS NULL AND user_id = (SELECT id FROM users WHERE username_key = 'sup_a'))",
-             t=datetime.now(timezone.utc) - timedelta(minutes=31))
+             "AND revoked_at IS NULL AND user_id = (SELECT id FROM users WHERE username_bi = :bi))",
+             t=datetime.now(timezone.utc) - timedelta(minutes=31),
+             bi=Keyring(key_source(live.settings)).blind_index("user", "sup_a"))
     page.goto(f"{live.url}/dashboard")
     assert "/login?" in page.url and "expired=1" in page.url
     page.get_by_text("Your session has expired").wait_for()
