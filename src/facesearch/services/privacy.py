@@ -35,7 +35,7 @@ from facesearch.errors import (ErasureNotPending, ErasureRequestNotFound, FaceSe
 from facesearch.pipeline.decode import decode_image
 from facesearch.services import erasure
 from facesearch.services.context import AppContext
-from facesearch.store.tables import ErasureRequest, Face, Image, Suppression
+from facesearch.store.tables import ErasureRequest, Face, Image, Suppression, User
 
 MAX_PHOTOS = 10
 PENDING = "pending_confirmation"
@@ -166,7 +166,7 @@ class PrivacyDesk:
 
     def _audit(self, p: Principal, target: str, outcome: AuditOutcome, request_id: str | None,
                action: AuditAction = AuditAction.ERASURE, **details: object) -> None:
-        self.ctx.audit.append(action, actor=p.username, agency=None, target=target, outcome=outcome,
+        self.ctx.audit.append(action, actor=p.audit_actor, agency=None, target=target, outcome=outcome,
                               request_id=request_id, details=details)
 
     def _row(self, repo, rid: str) -> ErasureRequest:  # noqa: ANN001
@@ -179,13 +179,27 @@ class PrivacyDesk:
         """What was shown for confirmation (encrypted at rest: it names people)."""
         return json.loads(_unseal(self.ctx, "erasure-matches", row.public_id, row.matches)) if row.matches else []
 
+    def _who(self, actor: str | None) -> str | None:
+        """The user name behind a stored ``user:<public id>`` actor, for display only: staff names
+        are stored encrypted in ``users`` and nowhere else (a stolen database names nobody)."""
+        if not actor or not actor.startswith("user:"):
+            return actor
+        with self.ctx.repo() as repo:
+            name = repo.s.scalar(select(User.username_key).where(User.public_id == actor.removeprefix("user:")))
+        return name or actor
+
     def _view(self, row: ErasureRequest) -> ErasureRequestView:
         stored = self._matches(row)
         matches = tuple(MatchView(row.public_id, m["image_id"], m["gallery"], m["subject"], m["source_uri"],
                                   m["legal_basis"], m["score"]) for m in stored)
         items = json.loads(row.images)
-        return ErasureRequestView(row.public_id, row.status, row.created_at, row.actor, row.confirmed_by,
-                                  row.confirmed_at, matches, len(items), len({i[0] for i in items}))
+        return ErasureRequestView(row.public_id, row.status, row.created_at, self._who(row.actor),
+                                  self._who(row.confirmed_by), row.confirmed_at, matches, len(items),
+                                  len({i[0] for i in items}))
+
+    def _suppression(self, r: Suppression) -> SuppressionView:
+        return SuppressionView(r.public_id, r.model_id, r.created_at, r.request_id, r.lifted_at,
+                               self._who(r.lifted_by), r.lift_reason)
 
     # erasure -----------------------------------------------------------------------------------
     def file(self, p: Principal, photos: list[bytes], request_id: str | None = None) -> ErasureRequestView:
@@ -209,7 +223,7 @@ class PrivacyDesk:
                               "subject": m.subject, "source_uri": img.source_uri if img else None,
                               "legal_basis": img.legal_basis if img else None, "score": round(m.score, 4)})
             row = ErasureRequest(public_id=rid, created_at=datetime.now(timezone.utc), status=PENDING,
-                                 actor=p.username, images=erasure.image_items(matches),
+                                 actor=p.audit_actor, images=erasure.image_items(matches),
                                  matches=_seal(self.ctx, "erasure-matches", rid, json.dumps(shown).encode()),
                                  probes=self.ctx.cipher.encrypt(_pack_probes(probes), aad=f"erasure-probes:{rid}"))
             repo.s.add(row)
@@ -273,7 +287,7 @@ class PrivacyDesk:
                 items = [i for i in items if i[2] in present]  # gone since (retention, another erasure)
                 claimed = repo.s.execute(update(ErasureRequest).where(
                     ErasureRequest.id == pk, ErasureRequest.status == PENDING).values(
-                    status="pending", images=json.dumps(items), probes=None, confirmed_by=p.username,
+                    status="pending", images=json.dumps(items), probes=None, confirmed_by=p.audit_actor,
                     confirmed_at=now)).rowcount == 1
                 if claimed:
                     suppressions = erasure.add_suppressions(self.ctx, repo, probes, now, rid)
@@ -311,7 +325,7 @@ class PrivacyDesk:
         require(p, Perm.ACCESS_REPORT)
         try:
             rgbs = self._decode(photos)
-            return erasure.access_report_rgb(self.ctx, rgbs, actor=p.username, request_id=request_id, fmt=fmt)
+            return erasure.access_report_rgb(self.ctx, rgbs, actor=p.audit_actor, request_id=request_id, fmt=fmt)
         except FaceSearchError as e:
             self._audit(p, "access_request", AuditOutcome.FAILURE, request_id, action=AuditAction.AUDIT_READ,
                         error=e.code, photos=len(photos))
@@ -324,9 +338,8 @@ class PrivacyDesk:
     def suppressions(self, p: Principal, request_id: str | None = None) -> list[SuppressionView]:
         require(p, Perm.SUPPRESSION_LIST)
         with self.ctx.repo() as repo:
-            rows = [SuppressionView(r.public_id, r.model_id, r.created_at, r.request_id, r.lifted_at, r.lifted_by,
-                                    r.lift_reason)
-                    for r in repo.s.scalars(select(Suppression).order_by(Suppression.id.desc()))]
+            stored = list(repo.s.scalars(select(Suppression).order_by(Suppression.id.desc())))
+        rows = [self._suppression(r) for r in stored]
         self._audit(p, "suppressions", AuditOutcome.SUCCESS, request_id, step="suppressions_listed",
                     entries=len(rows))
         return rows
@@ -336,11 +349,10 @@ class PrivacyDesk:
         require(p, Perm.SUPPRESSION_LIFT)
         if not (reason or "").strip():
             raise InvalidInput("lifting a suppression needs a reason")
-        erasure.lift(self.ctx, suppression_id, actor=p.username, reason=reason, request_id=request_id)
+        erasure.lift(self.ctx, suppression_id, actor=p.audit_actor, reason=reason, request_id=request_id)
         with self.ctx.repo() as repo:
             r = repo.s.scalar(select(Suppression).where(Suppression.public_id == suppression_id))
-            return SuppressionView(r.public_id, r.model_id, r.created_at, r.request_id, r.lifted_at, r.lifted_by,
-                                   r.lift_reason)
+        return self._suppression(r)
 
 
 def expire_pending(ctx: AppContext, now: datetime | None = None, max_age: timedelta = PENDING_TTL) -> int:
