@@ -50,7 +50,7 @@ def wait_indexed(m: MilvusIndexes, collection: str, n: int, timeout_s: float = 3
     m.client.flush(collection)
     while time.perf_counter() - t < timeout_s:
         info = m.client.describe_index(collection, "vector")
-        if int(info.get("indexed_rows", 0)) >= n and int(info.get("pending_index_rows", 0)) == 0:
+        if int(info.get("indexed_rows", 0)) >= n:  # (pending_index_rows also counts re-indexing after compaction)
             break
         time.sleep(2)
     # the query node picks up the indexed segments (handoff) shortly after
@@ -127,7 +127,7 @@ def fmt_table(rows: list[dict[str, Any]]) -> list[str]:
     for r in sorted(rows, key=_key):
         out.append(f"| {r['n']:,} | {r['dim']} | {r['index']} | {r['search']} | {r['consistency']} | "
                    f"{r.get('tick_ms') or 'server default (200)'} | "
-                   f"{r['insert_rate']:,} | {r['index_s']} | {r['p50_ms']} | {r['p99_ms']} | {r['batch_qps']} | "
+                   f"{r['insert_rate']:,} | {r['index_s'] if r['index_s'] is not None else 'n/a (see below)'} | {r['p50_ms']} | {r['p99_ms']} | {r['batch_qps']} | "
                    f"{r['recall_at_1']:.4f} | {r['recall_at_10']:.4f} |")
     return out
 
@@ -200,6 +200,10 @@ def save(path: Path, new: list[dict[str, Any]]) -> None:
         "`proxy.timeTickInterval`: ~400 ms at Milvus' default 200 ms, ~40 ms at 20 ms).",
         "",
         *fmt_table(rows),
+        "",
+        "1M: inserted at ~3,500 faces/s; HNSW (M=16, efConstruction=200) covered all 1M rows about",
+        "23 minutes after the insert on the 2 shared cores (other jobs running; Milvus builds one",
+        "segment at a time and re-indexes compacted segments afterwards), so no seal+index time is given.",
         "",
     ]))
 
