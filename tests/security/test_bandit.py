@@ -23,7 +23,7 @@ def _bandit() -> list[str]:
     return [exe]
 
 
-def test_bandit_reports_no_unjustified_finding(fuzz_report) -> None:  # noqa: ANN001
+def test_bandit_reports_no_unjustified_finding(fuzz_report, security_figure) -> None:  # noqa: ANN001
     out = subprocess.run([*_bandit(), "-r", str(SRC), "-q", "-f", "json"], capture_output=True, text=True,
                          timeout=600)
     report = json.loads(out.stdout)
@@ -31,6 +31,8 @@ def test_bandit_reports_no_unjustified_finding(fuzz_report) -> None:  # noqa: AN
     findings = [f"{r['test_id']} {r['filename']}:{r['line_number']} {r['issue_text']}" for r in report["results"]]
     skipped = report.get("metrics", {}).get("_totals", {}).get("skipped_tests", 0)
     fuzz_report(f"bandit: {len(findings)} findings, {skipped} justified inline")
+    security_figure("bandit_findings", len(findings))
+    security_figure("bandit_justified_inline", skipped)
     assert not findings, "\n".join(findings)
 
 
