@@ -6,6 +6,8 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -150,32 +152,40 @@ def start_server(home: Path, db_url: str | None) -> tuple[subprocess.Popen, str]
     raise RuntimeError("server did not start in 60 s")
 
 
+@contextmanager
+def scratch_database(backend: str, prefix: str) -> Iterator[str | None]:
+    """``None`` (the home's SQLite file) for ``sqlite``; for ``postgresql`` a fresh database on the
+    server named by FACESEARCH_TEST_POSTGRES_URL (skipped without it), dropped afterwards."""
+    if backend != "postgresql":
+        yield None
+        return
+    admin = os.environ.get("FACESEARCH_TEST_POSTGRES_URL")
+    if not admin:
+        pytest.skip("set FACESEARCH_TEST_POSTGRES_URL to run this on PostgreSQL")
+    import uuid
+
+    import psycopg
+
+    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(admin, autocommit=True) as c:
+        c.execute(f'CREATE DATABASE "{name}"')  # nosec B608 - a generated name, not input
+    try:
+        yield f"{admin.rsplit('/', 1)[0]}/{name}"
+    finally:
+        with psycopg.connect(admin, autocommit=True) as c:
+            c.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')  # nosec B608 - generated name
+
+
 @pytest.fixture(scope="session", params=["sqlite", "postgresql"])
 def live(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, dev_labels) -> Live:  # noqa: ANN001
     """The same suite on SQLite and on a real PostgreSQL server (FACESEARCH_TEST_POSTGRES_URL)."""
     home = tmp_path_factory.mktemp(f"service-home-{request.param}")
-    db_url, drop = None, None
-    if request.param == "postgresql":
-        admin = os.environ.get("FACESEARCH_TEST_POSTGRES_URL")
-        if not admin:
-            pytest.skip("set FACESEARCH_TEST_POSTGRES_URL to run the API suite on PostgreSQL")
-        import uuid
-
-        import psycopg
-
-        name = f"fs_api_{uuid.uuid4().hex[:10]}"
-        with psycopg.connect(admin, autocommit=True) as c:
-            c.execute(f'CREATE DATABASE "{name}"')  # generated name, not input
-        db_url = f"{admin.rsplit('/', 1)[0]}/{name}"
-
-        def drop() -> None:
-            with psycopg.connect(admin, autocommit=True) as c:
-                c.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    accounts, probe, noface = provision(home, dev_labels, db_url)
-    proc, url = start_server(home, db_url)
-    settings = Settings(home=home, database_url=db_url)
-    yield Live(url, home, accounts, probe, noface, settings, settings.db_url)
-    proc.terminate()
-    proc.wait(timeout=20)
-    if drop:
-        drop()
+    with scratch_database(request.param, "fs_api") as db_url:
+        accounts, probe, noface = provision(home, dev_labels, db_url)
+        proc, url = start_server(home, db_url)
+        settings = Settings(home=home, database_url=db_url)
+        try:
+            yield Live(url, home, accounts, probe, noface, settings, settings.db_url)
+        finally:
+            proc.terminate()
+            proc.wait(timeout=20)

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from facesearch.config import Settings
-from tests.api.conftest import CASE, FAST_ARGON2, PURPOSE, Live, provision, start_server
+from tests.api.conftest import CASE, FAST_ARGON2, PURPOSE, Live, provision, scratch_database, start_server
 
 PERSON = "dlib_John_Shimkus"  # 2 images in bookings-a, 1 in bookings-b; nobody else's tests use them
 
@@ -52,43 +52,25 @@ def plive(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
     """A server of its own (this module erases people): the API suite's provisioning plus
     PERSON in both agencies' galleries."""
     home = tmp_path_factory.mktemp(f"privacy-home-{request.param}")
-    db_url, drop = None, None
-    if request.param == "postgresql":
-        admin = os.environ.get("FACESEARCH_TEST_POSTGRES_URL")
-        if not admin:
-            pytest.skip("set FACESEARCH_TEST_POSTGRES_URL to run the privacy API tests on PostgreSQL")
-        import uuid
+    with scratch_database(request.param, "fs_priv") as db_url:
+        accounts, probe, noface = provision(home, dev_labels, db_url)
+        from facesearch.facade import FaceSearch
 
-        import psycopg
-
-        name = f"fs_priv_{uuid.uuid4().hex[:10]}"
-        with psycopg.connect(admin, autocommit=True) as c:
-            c.execute(f'CREATE DATABASE "{name}"')  # generated name, not input
-        db_url = f"{admin.rsplit('/', 1)[0]}/{name}"
-
-        def drop() -> None:
-            with psycopg.connect(admin, autocommit=True) as c:
-                c.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    accounts, probe, noface = provision(home, dev_labels, db_url)
-    from facesearch.facade import FaceSearch
-
-    settings = Settings(home=home, workers=1, database_url=db_url)
-    with FaceSearch(settings=settings) as fs:
-        for gallery, photos in (("bookings-a", dev_labels[PERSON][:2]), ("bookings-b", dev_labels[PERSON][2:3])):
-            folder = home / "photos-extra" / gallery / PERSON
-            folder.mkdir(parents=True)
-            for p in photos:
-                (folder / p.name).write_bytes(p.read_bytes())
-            fs.ingest(folder.parent, gallery=gallery, legal_basis="State booking records, statute 12-3",
-                      subject_from_folder=True)
-    proc, url = start_server(home, db_url)
-    try:
-        yield Live(url, home, accounts, probe, noface, settings, settings.db_url)
-    finally:
-        proc.terminate()
-        proc.wait(timeout=20)
-        if drop:
-            drop()
+        settings = Settings(home=home, workers=1, database_url=db_url)
+        with FaceSearch(settings=settings) as fs:
+            for gallery, photos in (("bookings-a", dev_labels[PERSON][:2]), ("bookings-b", dev_labels[PERSON][2:3])):
+                folder = home / "photos-extra" / gallery / PERSON
+                folder.mkdir(parents=True)
+                for p in photos:
+                    (folder / p.name).write_bytes(p.read_bytes())
+                fs.ingest(folder.parent, gallery=gallery, legal_basis="State booking records, statute 12-3",
+                          subject_from_folder=True)
+        proc, url = start_server(home, db_url)
+        try:
+            yield Live(url, home, accounts, probe, noface, settings, settings.db_url)
+        finally:
+            proc.terminate()
+            proc.wait(timeout=20)
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ from typing import Callable
 import httpx
 import pytest
 
-from tests.api.conftest import FAST_ARGON2, Account, _free_port, login, provision
+from tests.api.conftest import FAST_ARGON2, Account, _free_port, login, provision, scratch_database
 
 
 @dataclass
@@ -125,25 +125,5 @@ def drill_flow(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPath
     from tests.security.flow import run_flow
 
     home = tmp_path_factory.mktemp(f"drill-{request.param}")
-    db_url, drop = None, None
-    if request.param == "postgresql":
-        admin = os.environ.get("FACESEARCH_TEST_POSTGRES_URL")
-        if not admin:
-            pytest.skip("set FACESEARCH_TEST_POSTGRES_URL to run the breach drill on PostgreSQL")
-        import uuid
-
-        import psycopg
-
-        name = f"fs_drill_{uuid.uuid4().hex[:10]}"
-        with psycopg.connect(admin, autocommit=True) as c:
-            c.execute(f'CREATE DATABASE "{name}"')  # generated name, not input
-        db_url = f"{admin.rsplit('/', 1)[0]}/{name}"
-
-        def drop() -> None:
-            with psycopg.connect(admin, autocommit=True) as c:
-                c.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    try:
+    with scratch_database(request.param, "fs_drill") as db_url:
         yield run_flow(request.param, home, dev_labels, db_url)
-    finally:
-        if drop:
-            drop()
