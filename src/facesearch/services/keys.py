@@ -222,59 +222,70 @@ def _rewrite_row(keyring: Keyring, spec: TextTable, row: Any, version: int) -> d
     return values
 
 
+def _in_batches(engine: Engine, pk: str, fetch: Callable[[Any, Any], list[Any]],
+                rewrite: Callable[[Any, list[Any]], int], after: Any,
+                progress: Callable[[Any, Any, int], None] | None) -> int:
+    """Page through a table in primary-key order, one transaction per batch: ``rewrite(conn,
+    rows)`` updates what needs it and says how many, and ``progress`` records the batch in the same
+    transaction, so a killed run resumes after the last batch it committed."""
+    changed = 0
+    while True:
+        with engine.begin() as conn:
+            rows = fetch(conn, after)
+            if not rows:
+                return changed
+            n = rewrite(conn, rows)
+            after = getattr(rows[-1], pk)
+            changed += n
+            if progress is not None:
+                progress(conn, after, n)
+        if progress is not None:
+            _fault("keys_rotate_batch")
+
+
 def _rewrite_table(engine: Engine, keyring: Keyring, spec: TextTable, version: int | None, batch: int, *,
                    after: Any = None, progress: Callable[[Any, Any, int], None] | None = None) -> int:
     """Re-encrypt the table's rows that need it under ``version`` (None: the data step, under the
     newest version, only clear values), ``batch`` rows per transaction."""
-    changed = 0
     t = spec.table
-    while True:
-        with engine.begin() as conn:
-            rows = _raw_rows(conn, spec, after, batch)
-            if not rows:
-                return changed
-            target = version if version is not None else keyring.current_version
-            n = 0
-            for row in rows:
-                if _needs_rewrite(row, spec, version):
-                    conn.execute(update(t).where(t.c[spec.pk] == getattr(row, spec.pk))
-                                 .values(**_rewrite_row(keyring, spec, row, target)))
-                    n += 1
-            after = getattr(rows[-1], spec.pk)
-            changed += n
-            if progress is not None:
-                progress(conn, after, n)
-        if progress is not None:
-            _fault("keys_rotate_batch")
+
+    def rewrite(conn: Any, rows: list[Any]) -> int:
+        target = version if version is not None else keyring.current_version
+        n = 0
+        for row in rows:
+            if _needs_rewrite(row, spec, version):
+                conn.execute(update(t).where(t.c[spec.pk] == getattr(row, spec.pk))
+                             .values(**_rewrite_row(keyring, spec, row, target)))
+                n += 1
+        return n
+
+    return _in_batches(engine, spec.pk, lambda conn, last: _raw_rows(conn, spec, last, batch), rewrite,
+                       after, progress)
 
 
 def _rewrite_blobs(engine: Engine, keyring: Keyring, spec: BlobTable, version: int, batch: int, *,
                    after: Any = None, progress: Callable[[Any, Any, int], None] | None = None) -> int:
-    changed = 0
     t = spec.table
-    while True:
-        with engine.begin() as conn:
-            q = select(t).order_by(t.c[spec.pk]).limit(batch)
-            if after is not None:
-                q = q.where(t.c[spec.pk] > after)
-            rows = conn.execute(q).all()
-            if not rows:
-                return changed
-            n = 0
-            for row in rows:
-                blob = getattr(row, spec.column)
-                if Keyring.version_of(blob) == version:
-                    continue
-                aad = spec.aad(row)
-                conn.execute(update(t).where(t.c[spec.pk] == getattr(row, spec.pk)).values(
-                    {spec.column: keyring.encrypt(keyring.decrypt(blob, aad), aad, version)}))
-                n += 1
-            after = getattr(rows[-1], spec.pk)
-            changed += n
-            if progress is not None:
-                progress(conn, after, n)
-        if progress is not None:
-            _fault("keys_rotate_batch")
+
+    def fetch(conn: Any, last: Any) -> list[Any]:
+        q = select(t).order_by(t.c[spec.pk]).limit(batch)
+        if last is not None:
+            q = q.where(t.c[spec.pk] > last)
+        return list(conn.execute(q).all())
+
+    def rewrite(conn: Any, rows: list[Any]) -> int:
+        n = 0
+        for row in rows:
+            blob = getattr(row, spec.column)
+            if Keyring.version_of(blob) == version:
+                continue
+            aad = spec.aad(row)
+            conn.execute(update(t).where(t.c[spec.pk] == getattr(row, spec.pk)).values(
+                {spec.column: keyring.encrypt(keyring.decrypt(blob, aad), aad, version)}))
+            n += 1
+        return n
+
+    return _in_batches(engine, spec.pk, fetch, rewrite, after, progress)
 
 
 def _fault(point: str) -> None:
