@@ -19,7 +19,7 @@ import json
 import os
 import secrets
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +31,7 @@ from facesearch.index.manager import IndexKey
 from facesearch.pipeline.decode import read_image
 from facesearch.services.context import AppContext
 from facesearch.store.tables import ErasureRequest, Face, Gallery, Image, Suppression
+from facesearch.store.repository import utcnow
 
 
 @dataclass(frozen=True)
@@ -48,9 +49,6 @@ class ErasureMatch:
         return {"gallery": self.gallery, "image_id": self.image_id, "subject": self.subject, "path": self.path,
                 "score": round(self.score, 4)}
 
-
-def _now() -> datetime:
-    return datetime.now(timezone.utc)
 
 
 def read_photos(ctx: AppContext, photos: list[Path]) -> list[np.ndarray]:
@@ -124,7 +122,7 @@ def add_suppressions(ctx: AppContext, repo, probes: dict[str, np.ndarray], now: 
 def erase(ctx: AppContext, matches: list[ErasureMatch], probes: dict[str, np.ndarray], actor: str) -> str:
     """Record the request and the suppression entries, then delete; returns the request id."""
     rid = secrets.token_hex(16)
-    now = _now()
+    now = utcnow()
     with ctx.repo() as repo:
         req = ErasureRequest(public_id=rid, created_at=now, status="pending", actor=actor,
                              images=image_items(matches), confirmed_by=actor, confirmed_at=now)
@@ -209,7 +207,7 @@ def lift(ctx: AppContext, suppression_id: str, actor: str, reason: str | None = 
             raise SuppressionNotFound(f"suppression {suppression_id} does not exist")
         if row.lifted_at is not None:
             raise SuppressionAlreadyLifted(f"suppression {suppression_id} was lifted already")
-        row.lifted_at, row.lifted_by, row.lift_reason = _now(), actor, reason
+        row.lifted_at, row.lifted_by, row.lift_reason = utcnow(), actor, reason
     ctx.audit.append(AuditAction.ERASURE, actor=actor, agency=None, target=f"suppression:{suppression_id}",
                      outcome=AuditOutcome.SUCCESS, request_id=request_id,
                      details={"change": "suppression_lifted", "reason": reason})
@@ -263,7 +261,7 @@ def access_report_rgb(ctx: AppContext, rgbs: list[np.ndarray], actor: str, names
     ctx.audit.append(AuditAction.AUDIT_READ, actor=actor, agency=None, target="access_request",
                      outcome=AuditOutcome.SUCCESS, request_id=request_id,
                      details={"images": len(images), "photos": len(rgbs), "format": fmt})
-    return AccessReport(_now(), tuple(images), suppressed)
+    return AccessReport(utcnow(), tuple(images), suppressed)
 
 
 def access_report_pdf(report: AccessReport) -> bytes:

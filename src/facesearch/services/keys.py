@@ -21,7 +21,6 @@ import json
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -35,13 +34,11 @@ from facesearch.store.crypto import (KeyError_, Keyring, KeySource, KeyVersion, 
                                      write_key_file_exclusive)
 from facesearch.store.fields import EncryptedText
 from facesearch.store.tables import Base, CryptoState, Lockout, ProbeImage, Suppression
+from facesearch.store.repository import utcnow
 
 PLAINTEXT_DONE = "plaintext_encrypted"
 ROTATION = "rotation"
 
-
-def _now() -> datetime:
-    return datetime.now(timezone.utc)
 
 
 def key_path(settings: Settings) -> Path:
@@ -157,7 +154,7 @@ def encrypt_plaintext(engine: Engine, keyring: Keyring, batch: int = 500) -> int
             changed += 1
         t = CryptoState.__table__
         conn.execute(delete(t).where(t.c.name == PLAINTEXT_DONE))
-        conn.execute(insert(t).values(name=PLAINTEXT_DONE, value=json.dumps({"columns": covered}), updated_at=_now()))
+        conn.execute(insert(t).values(name=PLAINTEXT_DONE, value=json.dumps({"columns": covered}), updated_at=utcnow()))
     if changed and engine.dialect.name == "sqlite":
         _compact_sqlite(engine)
     return changed
@@ -316,8 +313,8 @@ def _state(engine: Engine) -> dict[str, Any] | None:
 def _save_state(conn: Any, state: dict[str, Any]) -> None:
     t = CryptoState.__table__
     text = json.dumps(state, sort_keys=True)
-    if conn.execute(update(t).where(t.c.name == ROTATION).values(value=text, updated_at=_now())).rowcount == 0:
-        conn.execute(insert(t).values(name=ROTATION, value=text, updated_at=_now()))
+    if conn.execute(update(t).where(t.c.name == ROTATION).values(value=text, updated_at=utcnow())).rowcount == 0:
+        conn.execute(insert(t).values(name=ROTATION, value=text, updated_at=utcnow()))
 
 
 def rotate(engine: Engine, keyring: Keyring, source: KeySource, batch: int = 200) -> RotationReport:
@@ -330,10 +327,10 @@ def rotate(engine: Engine, keyring: Keyring, source: KeySource, batch: int = 200
         target = int(state["target"])
     elif source.env_key:
         target = keyring.current_version  # the operator added the new version to FACESEARCH_KEY
-        state = {"target": target, "step": 0, "after": None, "done": False, "started_at": _now().isoformat()}
+        state = {"target": target, "step": 0, "after": None, "done": False, "started_at": utcnow().isoformat()}
     else:
         target = keyring.current_version + 1
-        state = {"target": target, "step": 0, "after": None, "done": False, "started_at": _now().isoformat()}
+        state = {"target": target, "step": 0, "after": None, "done": False, "started_at": utcnow().isoformat()}
         with engine.begin() as conn:
             _save_state(conn, state)  # first the intent, then the key: a crash between them is resumed
     if target not in keyring.versions:
@@ -362,7 +359,7 @@ def rotate(engine: Engine, keyring: Keyring, source: KeySource, batch: int = 200
         if not_under(engine, target) == 0:
             break
         start, after = 0, None
-    state.update(done=True, finished_at=_now().isoformat())
+    state.update(done=True, finished_at=utcnow().isoformat())
     with engine.begin() as conn:
         _save_state(conn, state)
     return RotationReport(target, int(state.get("rewritten", 0)), resumed, new_key)

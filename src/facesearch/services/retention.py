@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 
 import numpy as np
 from sqlalchemy import delete, func, select
@@ -23,10 +23,8 @@ from facesearch.audit import AuditAction, AuditOutcome
 from facesearch.services.context import AppContext
 from facesearch.services.privacy import expire_pending
 from facesearch.store.tables import Face, Gallery, Image, ProbeImage, Search
+from facesearch.store.repository import utcnow
 
-
-def _utcnow() -> datetime:
-    return datetime.now(timezone.utc)
 
 
 @dataclass(frozen=True)
@@ -55,7 +53,7 @@ def set_gallery_retention(ctx: AppContext, gallery: str, days: int | None) -> No
         g.retention_days = days
 
 
-def run_retention(ctx: AppContext, clock: Callable[[], datetime] = _utcnow, actor: str = "retention") -> RetentionReport:
+def run_retention(ctx: AppContext, clock: Callable[[], datetime] = utcnow, actor: str = "retention") -> RetentionReport:
     now = clock()
     s = ctx.settings
     probe_cut = now - timedelta(days=s.probe_retention_days)
