@@ -202,40 +202,38 @@ class StagedAnalyzer:
             except BaseException as e:  # noqa: BLE001 - carried to the caller
                 put(q_dec, _Failure(e))
 
-        def detect_loop() -> None:
+        def relay(q_in: queue.Queue[Any], q_out_: queue.Queue[Any], step: Any) -> None:
+            """Take from ``q_in``, apply ``step``, hand on; the end of the stream and a
+            failure upstream are passed on as they are, a failure here ends the stream."""
             while True:
-                item = get(q_dec)
+                item = get(q_in)
                 if item is _END or isinstance(item, _Failure):
-                    put(q_emb, item)
+                    put(q_out_, item)
                     return
-                tag, decoded, dec_s = item
                 try:
-                    d, p, sec = self.detect_align(decoded)
-                except BaseException as e:  # noqa: BLE001
-                    put(q_emb, _Failure(e))
+                    out = step(item)
+                except BaseException as e:  # noqa: BLE001 - carried to the caller
+                    put(q_out_, _Failure(e))
                     return
-                sec["decode"] = dec_s
-                if not put(q_emb, (tag, d, p, sec)):
+                if not put(q_out_, out):
                     return
 
-        def embed_loop() -> None:
-            while True:
-                item = get(q_emb)
-                if item is _END or isinstance(item, _Failure):
-                    put(q_out, item)
-                    return
-                tag, d, p, sec = item
-                try:
-                    analyses, sec = self.embed(d, p, sec)
-                except BaseException as e:  # noqa: BLE001
-                    put(q_out, _Failure(e))
-                    return
-                nf = sum(len(a.faces) for a in analyses)
-                if not put(q_out, ChunkResult(tag, tuple(analyses), sec, nf)):
-                    return
+        def detect_step(item: tuple[int, list[Any], float]) -> tuple[int, list, list, dict[str, float]]:
+            tag, decoded, dec_s = item
+            d, p, sec = self.detect_align(decoded)
+            sec["decode"] = dec_s
+            return tag, d, p, sec
 
-        threads = [threading.Thread(target=f, name=f"ingest-{f.__name__}", daemon=True)
-                   for f in (decode_loop, detect_loop, embed_loop)]
+        def embed_step(item: tuple[int, list, list, dict[str, float]]) -> ChunkResult:
+            tag, d, p, sec = item
+            analyses, sec = self.embed(d, p, sec)
+            return ChunkResult(tag, tuple(analyses), sec, sum(len(a.faces) for a in analyses))
+
+        threads = [threading.Thread(target=decode_loop, name="ingest-decode", daemon=True),
+                   threading.Thread(target=relay, args=(q_dec, q_emb, detect_step),
+                                    name="ingest-detect", daemon=True),
+                   threading.Thread(target=relay, args=(q_emb, q_out, embed_step),
+                                    name="ingest-embed", daemon=True)]
         for t in threads:
             t.start()
         try:
@@ -387,52 +385,44 @@ def run_chunks(chunks: Iterable[Sequence[str]], *, settings: Settings, pipeline:
 
             pipeline = build_pipeline(settings)
         analyzer = StagedAnalyzer(pipeline, settings, decode_threads)
-        feed: queue.Queue[Any] = queue.Queue()
-        feeder = ChunkFeeder(feed)
+        feeder = ChunkFeeder(queue.Queue())
         results = analyzer.stream(iter(feeder), depth=2)
-        inflight = 0
-        try:
-            for tag, chunk in enumerate(chunks):
-                feeder.put(tag, chunk)
-                inflight += 1
-                while inflight >= window:
-                    r = next(results)
-                    inflight -= 1
-                    if meter:
-                        meter.add_chunk(r)
-                    yield r.tag, r
-            feeder.close()
-            for r in results:
-                if meter:
-                    meter.add_chunk(r)
-                yield r.tag, r
-        finally:
+        submit, take = feeder.put, results.__next__
+
+        def finish() -> None:
             feeder.close()  # a decode thread still waiting for chunks ends
             results.close()
             analyzer.close()
-        return
-    own = pool is None
-    pool = pool or WorkerPool(settings, workers, decode_threads)
+    else:
+        own = pool is None
+        workers_pool = pool or WorkerPool(settings, workers, decode_threads)
+        submit, take = workers_pool.put, workers_pool.get
+
+        def finish() -> None:
+            if own:
+                workers_pool.close()
+    def one() -> ChunkResult:
+        r = take()
+        if meter:
+            meter.add_chunk(r)
+        return r
+
+    # every submitted chunk gives exactly one result (or raises), so counting is enough
     inflight = 0
     try:
         for tag, chunk in enumerate(chunks):
-            pool.put(tag, chunk)
+            submit(tag, chunk)
             inflight += 1
             while inflight >= window:
-                r = pool.get()
+                r = one()
                 inflight -= 1
-                if meter:
-                    meter.add_chunk(r)
                 yield r.tag, r
         while inflight:
-            r = pool.get()
+            r = one()
             inflight -= 1
-            if meter:
-                meter.add_chunk(r)
             yield r.tag, r
     finally:
-        if own:
-            pool.close()
+        finish()
 
 
 def embeddings_of(results: Iterable[ChunkResult]) -> np.ndarray:
