@@ -3,6 +3,8 @@ synthetic face-like embeddings, from 10k to 100M faces.
 
     python bench/index.py --n 10k --n 100k --n 1M --dim 128 --index flat --index ivf --index pq
     python bench/index.py --n 10M --dim 128 --index pq          # vectors generated to disk once
+    python bench/index.py --n 100M --index pq --keep             # build once, keep it on disk
+    python bench/index.py --n 100M --index pq --reuse            # measure the kept index again
     python bench/index.py --plot-only                            # redraw the plot from the JSON
 
 Data: unit vectors shaped like face embeddings: many identities (about 5 faces each, varying),
@@ -47,7 +49,7 @@ from common import machine
 from facesearch.index.base import VectorIndex
 from facesearch.index.compressed import PQIndex
 from facesearch.index.factory import choose_kind
-from facesearch.index.faiss_backend import FlatIndex, IVFIndex, set_threads
+from facesearch.index.faiss_backend import FlatIndex, IVFIndex, load_index, set_threads
 
 ROOT = Path(__file__).resolve().parent
 K = 10
@@ -189,7 +191,8 @@ def build(name: str, x: np.ndarray, ids: np.ndarray, work: Path, target: float,
 
 
 def bench_one(n: int, d: int, nq: int, seed: int, names: list[str], target: float, threads: int,
-              data_dir: Path, latency_queries: int = 500) -> list[dict[str, Any]]:
+              data_dir: Path, latency_queries: int = 500, keep: bool = False,
+              reuse: bool = False) -> list[dict[str, Any]]:
     t = time.perf_counter()
     set_threads(threads)
     x, ids, q = make_data(n, d, nq, data_dir, seed)
@@ -202,14 +205,24 @@ def bench_one(n: int, d: int, nq: int, seed: int, names: list[str], target: floa
     rows: list[dict[str, Any]] = []
     for name in dict.fromkeys(auto if nm == "auto" else nm for nm in names):
         work = data_dir / f"work-{d}d-{n}-{name}"
-        shutil.rmtree(work, ignore_errors=True)
-        work.mkdir(parents=True)
+        built = work / "build.json"  # written once the saved index is complete
         set_threads(threads)
         gc.collect()
-        t = time.perf_counter()
-        idx = build(name, x, ids, work, target, seed)
-        build_s = time.perf_counter() - t
-        idx.save(work / "index.faiss")
+        if reuse and built.exists():
+            # measure an index built by an earlier run (--keep), loaded from disk
+            t = time.perf_counter()
+            idx = load_index(work / "index.faiss")
+            build_s = float(json.loads(built.read_text())["build_s"])
+            log(f"[n={n:,} d={d}] {name}: reusing {work} (built in {build_s:.0f}s), "
+                f"loaded in {time.perf_counter() - t:.1f}s")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+            work.mkdir(parents=True)
+            t = time.perf_counter()
+            idx = build(name, x, ids, work, target, seed)
+            build_s = time.perf_counter() - t
+            idx.save(work / "index.faiss")
+            built.write_text(json.dumps({"build_s": build_s}))
         disk = _file_bytes([work / "index.faiss"])
         if isinstance(idx, PQIndex):
             mem = idx.memory_bytes()
@@ -231,7 +244,8 @@ def bench_one(n: int, d: int, nq: int, seed: int, names: list[str], target: floa
             f"r@1 {m['recall_at_1']:.4f}, r@10 {m['recall_at_10']:.4f}")
         del idx
         gc.collect()
-        shutil.rmtree(work, ignore_errors=True)
+        if not keep:
+            shutil.rmtree(work, ignore_errors=True)
     return rows
 
 
@@ -347,6 +361,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--data-dir", type=Path, default=Path("/work/bench-data"),
                     help="where generated vectors, ground truth and index files go (outside the repo)")
     ap.add_argument("--out", type=Path, default=ROOT / "results")
+    ap.add_argument("--keep", action="store_true",
+                    help="keep each built index (and its side files) under --data-dir")
+    ap.add_argument("--reuse", action="store_true",
+                    help="measure an index kept by an earlier --keep run instead of building it")
     ap.add_argument("--plot-only", action="store_true")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="  %(name)s: %(message)s")
@@ -358,7 +376,8 @@ def main(argv: list[str] | None = None) -> int:
         rows: list[dict[str, Any]] = []
         for n in args.n:
             rows += bench_one(n, args.dim, args.queries, args.seed, names, args.target_recall,
-                              args.threads, args.data_dir, args.latency_queries)
+                              args.threads, args.data_dir, args.latency_queries,
+                              keep=args.keep, reuse=args.reuse)
             jpath = args.out / f"index-{args.dim}.json"
             merged = merge_rows(jpath, rows)
             jpath.write_text(json.dumps([{k: r.get(k) for k in KEYS} for r in merged], indent=1) + "\n")
