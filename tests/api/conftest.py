@@ -131,25 +131,35 @@ def provision(home: Path, dev_labels, db_url: str | None) -> tuple[dict[str, Acc
     return accounts, dev_labels["dlib_John_Simm"][5], noface
 
 
-def start_server(home: Path, db_url: str | None) -> tuple[subprocess.Popen, str]:
+def start_server(home: Path, db_url: str | None, *, log: Path | None = None, clean_env: bool = False,
+                 timeout: float = 90) -> tuple[subprocess.Popen, str]:
+    """``facesearch serve`` on a free port, once ``/healthz`` answers. ``log``: the server's
+    output goes to that file (else to pipes); ``clean_env``: no ``FACESEARCH_*`` setting of the
+    calling environment reaches the server (the security flow scans what it logs)."""
     port = _free_port()
-    env = {**os.environ, **FAST_ARGON2, "FACESEARCH_HOME": str(home)}
+    env = {k: v for k, v in os.environ.items() if not (clean_env and k.startswith("FACESEARCH_"))}
+    env.update(FAST_ARGON2, FACESEARCH_HOME=str(home))
     if db_url:
         env["FACESEARCH_DATABASE_URL"] = db_url
-    proc = subprocess.Popen([sys.executable, "-m", "facesearch.cli", "serve", "--port", str(port)],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    cmd = [sys.executable, "-m", "facesearch.cli", "serve", "--port", str(port)]
+    if log is None:
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    else:
+        with log.open("ab") as out:
+            proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 60
+    deadline = time.time() + timeout
     while time.time() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"server exited: {proc.stderr.read().decode()[-2000:]}")
+            said = log.read_text() if log is not None else proc.stderr.read().decode()
+            raise RuntimeError(f"server exited: {said[-2000:]}")
         try:
             if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
                 return proc, url
         except httpx.HTTPError:
             time.sleep(0.2)
     proc.kill()
-    raise RuntimeError("server did not start in 60 s")
+    raise RuntimeError(f"server did not start in {timeout:.0f} s")
 
 
 @contextmanager

@@ -5,10 +5,8 @@ database files, a dump, the server's log, /metrics, the error answers and the au
 from __future__ import annotations
 
 import io
-import os
 import re
 import subprocess
-import sys
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -18,7 +16,7 @@ import httpx
 
 from facesearch.auth.totp import code_at
 from facesearch.config import Settings
-from tests.api.conftest import FAST_ARGON2, _free_port
+from tests.api.conftest import start_server
 
 PASSWORD = "Plover-Quartz-Tambourine-81"
 PATTERN = r"^\d{4}-\d{6}$"
@@ -86,26 +84,8 @@ def provision(home: Path, dev_labels, db_url: str | None) -> tuple[dict[str, str
 
 
 def start(home: Path, db_url: str | None, log: Path) -> tuple[subprocess.Popen, str]:
-    port = _free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FACESEARCH_")}
-    env.update(FAST_ARGON2, FACESEARCH_HOME=str(home))
-    if db_url:
-        env["FACESEARCH_DATABASE_URL"] = db_url
-    with log.open("ab") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "facesearch.cli", "serve", "--port", str(port)],
-                                env=env, stdout=out, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 90
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited: {log.read_text()[-2000:]}")
-        try:
-            if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
-                return proc, url
-        except httpx.HTTPError:
-            time.sleep(0.2)
-    proc.kill()
-    raise RuntimeError("server did not start in 90 s")
+    """The server with nothing of this environment's FACESEARCH_* settings, logging to ``log``."""
+    return start_server(home, db_url, log=log, clean_env=True)
 
 
 def stop(proc: subprocess.Popen) -> None:
