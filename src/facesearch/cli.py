@@ -564,11 +564,10 @@ def serve(host: str, port: int, home: str | None) -> None:
     from facesearch.services.bootstrap import issue_bootstrap
     from facesearch.services.context import AppContext
 
-    from facesearch.services.keys import check_production
-
     s = _settings(home)
-    check_production(s)  # FACESEARCH_ENV=production: refuse a missing, exposed or development key
-    ctx = AppContext(s)  # creates and migrates the database on first start
+    # refuses a missing, exposed or development key under FACESEARCH_ENV=production; creates
+    # and migrates the database on first start
+    ctx = AppContext(s)
     token = issue_bootstrap(ctx)
     if token:
         click.echo(f"No system administrator yet. One-time bootstrap link (valid until used):\n"

@@ -185,11 +185,11 @@ def test_clear_values_of_an_older_schema_are_encrypted_at_the_next_start(tmp_pat
     again.close()
 
 
-def _serve(home: Path, env_extra: dict[str, str]) -> subprocess.CompletedProcess:
+def _serve(home: Path, env_extra: dict[str, str], *args: str) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith("FACESEARCH_")}
     env.update(FACESEARCH_HOME=str(home), FACESEARCH_ENV="production", **env_extra)
-    return subprocess.run([sys.executable, "-m", "facesearch.cli", "serve", "--port", "1"], env=env,
-                          capture_output=True, text=True, timeout=120)
+    return subprocess.run([sys.executable, "-m", "facesearch.cli", *(args or ("serve", "--port", "1"))],
+                          env=env, capture_output=True, text=True, timeout=120)
 
 
 def test_production_refuses_a_missing_exposed_or_development_key(tmp_path: Path) -> None:
@@ -198,6 +198,10 @@ def test_production_refuses_a_missing_exposed_or_development_key(tmp_path: Path)
     assert r.returncode != 0 and "no key" in r.stderr + r.stdout
     assert not (home / "keys" / "field.key").exists()  # production never generates one
     assert not (home / "facesearch.db").exists()  # refused before anything was created
+    for command in (("audit", "verify"), ("gallery", "list")):
+        r = _serve(home, {}, *command)  # every entry point, not only the server
+        assert r.returncode != 0 and "no key" in r.stderr + r.stdout, command
+    assert not (home / "facesearch.db").exists()
 
     AppContext(_settings(home)).keyring.current_version  # development: generates a key (0600)
     dev_key = home / "keys" / "field.key"

@@ -58,10 +58,14 @@ class AppContext:
     """Settings, database, model registry, pipeline (lazy) and indexes of one installation."""
 
     def __init__(self, settings: Settings) -> None:
+        from facesearch.services.keys import check_production, encrypt_plaintext, key_source
+
+        # FACESEARCH_ENV=production: a missing, exposed or development key stops every entry
+        # point (server, CLI, facade) here, before the home or the database is touched
+        check_production(settings)
         self.settings = settings
         settings.ensure_home()
         self.engine = make_engine(settings.db_url)
-        from facesearch.services.keys import encrypt_plaintext, key_source
         from facesearch.store.fields import attach_keyring
 
         self.keyring = Keyring(key_source(settings))  # loaded on first use; follows keys rotate
