@@ -33,6 +33,9 @@ class Perm(StrEnum):
     OVERSIGHT_READ = "oversight.read"
     AUDIT_READ = "audit.read"
     AUDIT_VERIFY = "audit.verify"
+    # the whole trail's size (records checked, the head's sequence number): the volume of every
+    # agency's activity, so only for the operator; the others learn whether the chain is intact
+    AUDIT_VOLUME = "audit.volume"
     ERASURE_REQUEST = "erasure.request"  # file an erasure request by photo, read it, cancel it
     ERASURE_MATCHES = "erasure.matches"  # see the matching faces (all galleries) and their thumbnails
     ERASURE_CONFIRM = "erasure.confirm"  # confirm: the matches are deleted, the person suppressed
@@ -43,7 +46,8 @@ class Perm(StrEnum):
 
 GRANTS: dict[Role, frozenset[Perm]] = {
     Role.SYSADMIN: frozenset({Perm.AGENCY_CREATE, Perm.USER_MANAGE, Perm.GALLERY_GRANT, Perm.GALLERY_LIST,
-                              Perm.AUDIT_VERIFY, Perm.SUPPRESSION_LIST, Perm.SUPPRESSION_LIFT}),
+                              Perm.AUDIT_VERIFY, Perm.AUDIT_VOLUME, Perm.SUPPRESSION_LIST,
+                              Perm.SUPPRESSION_LIFT}),
     Role.AGENCY_ADMIN: frozenset({Perm.USER_MANAGE, Perm.AUDIT_VERIFY}),
     Role.SUPERVISOR: frozenset({Perm.GALLERY_LIST, Perm.SEARCH_READ, Perm.CANDIDATE_VIEW, Perm.CASE_EXPORT,
                                 Perm.OVERSIGHT_READ, Perm.AUDIT_READ, Perm.AUDIT_VERIFY}),
