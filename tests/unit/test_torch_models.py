@@ -92,3 +92,18 @@ def test_a_graph_with_an_operator_we_do_not_replay_is_refused(tmp_path: Path) ->
     onnx.save(helper.make_model(g), str(p))
     with pytest.raises(ModelError, match="Sigmoid"):
         TorchGraph(p)
+
+
+def test_network_inputs_made_on_the_device_equal_the_cpu_ones_bit_for_bit() -> None:
+    """P-Net's padded group and the R-Net/O-Net crops are sent as bytes and normalised on the
+    device; the values must be exactly those of the CPU path (padding included)."""
+    rng = np.random.default_rng(3)
+    levels = [rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for h, w in ((31, 40), (17, 12), (31, 29))]
+    cpu, dev = MtcnnDetector(), TorchMtcnnDetector(device="cpu")
+    a = cpu._pnet_batch(levels, 31, 40)
+    b = dev._pnet_batch(levels, 31, 40).numpy()
+    assert a.shape == b.shape == (3, 40, 31, 3)
+    np.testing.assert_array_equal(a, b)
+    assert (b[1, 12:] == 0).all() and (b[1, :, 17:] == 0).all()  # the padded cells
+    crops = rng.integers(0, 256, (7, 24, 24, 3), dtype=np.uint8)
+    np.testing.assert_array_equal(cpu._crop_batch(crops), dev._crop_batch(crops).numpy())

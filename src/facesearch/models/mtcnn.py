@@ -241,12 +241,9 @@ class MtcnnDetector:
             for group in self._groups(shapes):
                 gh = max(shapes[i][0] for i in group)
                 gw = max(shapes[i][1] for i in group)
-                batch = np.zeros((len(group), gw, gh, 3), dtype=np.float32)  # transposed
-                for j, i in enumerate(group):
-                    sh, sw = shapes[i]
-                    scaled = _pyramid_level(made[i], scales[i][level], (sw, sh))
-                    batch[j, :sw, :sh] = _normalise(scaled).transpose(1, 0, 2)
-                reg, prob = self._run("pnet", batch)
+                levels = [_pyramid_level(made[i], scales[i][level], (shapes[i][1], shapes[i][0]))
+                          for i in group]
+                reg, prob = self._run("pnet", self._pnet_batch(levels, gh, gw))
                 for j, i in enumerate(group):
                     sh, sw = shapes[i]
                     # cells whose 12x12 window lies wholly inside this image
@@ -277,7 +274,21 @@ class MtcnnDetector:
             out.append(np.hstack([_integer_boxes(boxes), c[:, 4:5]]))
         return out
 
-    def _crops(self, imgs: list[np.ndarray], boxes: list[np.ndarray], size: int) -> np.ndarray:
+    def _pnet_batch(self, levels: list[np.ndarray], gh: int, gw: int) -> Any:
+        """P-Net's input for one group: the pyramid levels (uint8 RGB), normalised, transposed
+        and zero-padded to the group's (transposed) size ``(len, gw, gh, 3)``."""
+        batch = np.zeros((len(levels), gw, gh, 3), dtype=np.float32)
+        for j, pixels in enumerate(levels):
+            sh, sw = pixels.shape[:2]
+            batch[j, :sw, :sh] = _normalise(pixels).transpose(1, 0, 2)
+        return batch
+
+    def _crop_batch(self, crops: np.ndarray) -> Any:
+        """R-Net's or O-Net's input: uint8 crops ``(n, size, size, 3)``, normalised and
+        transposed like the whole-image input of P-Net."""
+        return _normalise(crops).transpose(0, 2, 1, 3).copy()
+
+    def _crops(self, imgs: list[np.ndarray], boxes: list[np.ndarray], size: int) -> Any:
         total = sum(len(b) for b in boxes)
         batch = np.empty((total, size, size, 3), dtype=np.uint8)
         k = 0
@@ -285,8 +296,7 @@ class MtcnnDetector:
             for b in bs:
                 batch[k] = _crop(im, b, size)
                 k += 1
-        # transposed, like the whole-image input of P-Net
-        return _normalise(batch).transpose(0, 2, 1, 3).copy()
+        return self._crop_batch(batch)
 
     def _stage_rnet(self, imgs: list[np.ndarray], boxes: list[np.ndarray]) -> list[np.ndarray]:
         if sum(len(b) for b in boxes) == 0:
