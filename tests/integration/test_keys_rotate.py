@@ -25,12 +25,14 @@ from facesearch.services.accounts import Accounts
 from facesearch.services.context import AppContext
 from facesearch.services.keys import production_problems, value_versions
 from facesearch.store.crypto import Keyring, text_blob
-from facesearch.store.tables import Agency, ProbeImage, Search, User
+from facesearch.services.privacy import _seal, _unseal
+from facesearch.store.tables import Agency, ErasureRequest, ProbeImage, Search, User
 
 PASSWORD = "Plover-Quartz-Tambourine-81"
 FAST = dict(argon2_memory_kib=1024, argon2_time_cost=1)
 AGENCIES = [f"Rotation Test Agency {i:02d}" for i in range(6)]
 CASES = [f"2026-{i:06d}" for i in range(8)]
+ERASURES = ["er-rotation-1", "er-rotation-2"]
 
 
 def _settings(home: Path) -> Settings:
@@ -55,6 +57,12 @@ def _populate(ctx: AppContext) -> dict[str, str]:
             repo.s.add(ProbeImage(search_id=sid, ciphertext=ctx.cipher.encrypt(b"jpeg " + case.encode(),
                                                                                 aad=f"probe:{sid}"),
                                   created_at=datetime.now(timezone.utc)))
+        for rid in ERASURES:  # pending erasure requests: the person's embeddings and the matches shown
+            repo.s.add(ErasureRequest(
+                public_id=rid, created_at=datetime.now(timezone.utc), status="pending_confirmation",
+                images="[]", actor="user:x",
+                probes=ctx.cipher.encrypt(b"embeddings " + rid.encode(), aad=f"erasure-probes:{rid}"),
+                matches=_seal(ctx, "erasure-matches", rid, b'[{"face": "' + rid.encode() + b'"}]')))
     return secrets
 
 
@@ -73,6 +81,11 @@ def _check_readable(ctx: AppContext) -> None:
         assert repo.subject_embeddings(1, "dlib", ["Jane Roe"]) == {}  # found by its index, no faces
         for row in repo.s.scalars(select(ProbeImage)):
             assert ctx.cipher.decrypt(row.ciphertext, aad=f"probe:{row.search_id}").startswith(b"jpeg ")
+        erasures = repo.s.scalars(select(ErasureRequest).order_by(ErasureRequest.public_id)).all()
+        assert [e.public_id for e in erasures] == ERASURES
+        for e in erasures:
+            assert ctx.cipher.decrypt(e.probes, aad=f"erasure-probes:{e.public_id}") == b"embeddings " + e.public_id.encode()
+            assert _unseal(ctx, "erasure-matches", e.public_id, e.matches).startswith(b'[{"face"')
 
 
 def _rotate(home: Path, crash: bool) -> subprocess.CompletedProcess:
@@ -113,6 +126,9 @@ def test_a_rotation_killed_midway_resumes_while_a_server_keeps_working(tmp_path:
     report = json.loads(r.stdout.strip().splitlines()[-1])
     assert report["resumed"] is True and report["target_version"] == 2 and report["new_key"] is False
     assert set(value_versions(server.engine)) == {"2"}
+    with server.repo() as repo:  # values sealed by services, not by their column type, moved too
+        for e in repo.s.scalars(select(ErasureRequest)):
+            assert Keyring.version_of(e.probes) == 2 and Keyring.version_of(base64.b64decode(e.matches)) == 2
     assert (home / "keys" / "field.key").read_text().count("\n2:") == 1  # no third version
     assert (home / "keys" / "field.key").stat().st_mode & 0o777 == 0o600
     _check_readable(server)

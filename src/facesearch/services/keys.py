@@ -17,6 +17,7 @@ runs, lookups match the index of every version in the keyring.
 """
 from __future__ import annotations
 
+import base64
 import json
 import os
 from collections.abc import Callable, Iterator
@@ -33,7 +34,7 @@ from facesearch.store.crypto import (KeyError_, Keyring, KeySource, KeyVersion, 
                                      new_master, parse_keyring, text_blob, write_key_file,
                                      write_key_file_exclusive)
 from facesearch.store.fields import EncryptedText
-from facesearch.store.tables import Base, CryptoState, Lockout, ProbeImage, Suppression
+from facesearch.store.tables import Base, CryptoState, ErasureRequest, Lockout, ProbeImage, Suppression
 from facesearch.store.repository import utcnow
 
 PLAINTEXT_DONE = "plaintext_encrypted"
@@ -108,6 +109,16 @@ class BlobTable:
     pk: str
     column: str
     aad: Callable[[Any], str]  # row -> associated data
+    base64_text: bool = False  # the ciphertext kept as base64 in a Text column
+
+    def read(self, row: Any) -> bytes | None:
+        v = getattr(row, self.column)
+        if v is None:
+            return None
+        return base64.b64decode(v) if self.base64_text else bytes(v)
+
+    def stored(self, blob: bytes) -> bytes | str:
+        return base64.b64encode(blob).decode("ascii") if self.base64_text else blob
 
 
 def text_tables() -> list[TextTable]:
@@ -125,8 +136,15 @@ def text_tables() -> list[TextTable]:
 
 
 def blob_tables() -> list[BlobTable]:
+    """Every value encrypted by a service rather than by its column type (with the same AAD as
+    the service uses): probes, suppressed embeddings, a pending erasure request's photos'
+    embeddings and its match list. A column that is missing here is neither counted by ``keys
+    status`` nor moved by ``keys rotate``."""
     return [BlobTable(ProbeImage.__table__, "search_id", "ciphertext", lambda r: f"probe:{r.search_id}"),
-            BlobTable(Suppression.__table__, "id", "ciphertext", lambda r: f"suppression:{r.public_id}")]
+            BlobTable(Suppression.__table__, "id", "ciphertext", lambda r: f"suppression:{r.public_id}"),
+            BlobTable(ErasureRequest.__table__, "id", "probes", lambda r: f"erasure-probes:{r.public_id}"),
+            BlobTable(ErasureRequest.__table__, "id", "matches", lambda r: f"erasure-matches:{r.public_id}",
+                      base64_text=True)]
 
 
 # the data step of migration 0009 ---------------------------------------------------------------
@@ -273,12 +291,12 @@ def _rewrite_blobs(engine: Engine, keyring: Keyring, spec: BlobTable, version: i
     def rewrite(conn: Any, rows: list[Any]) -> int:
         n = 0
         for row in rows:
-            blob = getattr(row, spec.column)
-            if Keyring.version_of(blob) == version:
+            blob = spec.read(row)
+            if blob is None or Keyring.version_of(blob) == version:
                 continue
             aad = spec.aad(row)
             conn.execute(update(t).where(t.c[spec.pk] == getattr(row, spec.pk)).values(
-                {spec.column: keyring.encrypt(keyring.decrypt(blob, aad), aad, version)}))
+                {spec.column: spec.stored(keyring.encrypt(keyring.decrypt(blob, aad), aad, version))}))
             n += 1
         return n
 
@@ -385,8 +403,10 @@ def value_versions(engine: Engine) -> dict[str, int]:
                 for (v,) in conn.execute(select(type_coerce(t.c[c], Text)).where(t.c[c].is_not(None))):
                     add(str(Keyring.version_of(text_blob(v))) if is_encrypted_text(v) else "clear")
         for bspec in blob_tables():
-            for (b,) in conn.execute(select(bspec.table.c[bspec.column])):
-                add(str(Keyring.version_of(b)))
+            for row in conn.execute(select(bspec.table.c[bspec.column])):
+                blob = bspec.read(row)
+                if blob is not None:
+                    add(str(Keyring.version_of(blob)))
     return counts
 
 
