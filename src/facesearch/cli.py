@@ -705,6 +705,28 @@ def keys_rotate(batch: int, as_json: bool, home: str | None) -> None:
                    f"{report.target_version} ({report.rewritten} rows rewritten)")
 
 
+@keys.command("retire")
+@click.option("--version", "version", required=True, type=int, help="The old key version to remove.")
+@click.option("--yes", is_flag=True, help="Do not ask: backups older than the rotation have a copy of the key.")
+@click.option("--json", "as_json", is_flag=True)
+@_home_option
+@_domain_errors
+def keys_retire(version: int, yes: bool, as_json: bool, home: str | None) -> None:
+    """Remove an old key version from the key file once no stored value is under it."""
+    from facesearch.services.context import AppContext
+    from facesearch.services.keys import key_source, retire
+
+    if not yes:
+        click.confirm(f"Backups taken before the rotation away from key version {version} can only be restored "
+                      "with it. Keep an offline copy of the key file first. Remove the version?", abort=True)
+    ctx = AppContext(_settings(home))
+    report = retire(ctx.engine, ctx.keyring, key_source(ctx.settings), version)
+    if as_json:
+        _emit_json(report.to_json())
+    else:
+        click.echo(f"key version {report.retired} removed; the key file holds versions {report.remaining}")
+
+
 @keys.command("generate")
 @click.option("--out", "out", required=True, type=click.Path(dir_okay=False), help="The new key file (0600).")
 @_domain_errors

@@ -247,3 +247,47 @@ def test_a_key_from_the_environment_serves_every_version(keyring: str) -> None:
     kr = Keyring(KeySource(keyring.format(a=a, b=b), Path("/nonexistent")))
     blob = kr.encrypt(b"x", "t.c")
     assert kr.decrypt(blob, "t.c") == b"x" and Keyring.version_of(blob) == kr.current_version
+
+
+def test_an_old_key_version_is_retired_only_once_nothing_needs_it(tmp_path: Path) -> None:
+    from facesearch.errors import KeyConfigurationError
+    from facesearch.services.keys import key_source, retire, rotate
+
+    home = tmp_path / "h"
+    ctx = AppContext(_settings(home))
+    _populate(ctx)
+    source = key_source(ctx.settings)
+
+    def cli(*args: str) -> subprocess.CompletedProcess:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("FACESEARCH_")}
+        env["FACESEARCH_HOME"] = str(home)
+        return subprocess.run([sys.executable, "-m", "facesearch.cli", "keys", "retire", *args], env=env,
+                              capture_output=True, text=True, timeout=120)
+
+    with pytest.raises(KeyConfigurationError, match="current one"):
+        retire(ctx.engine, ctx.keyring, source, 1)  # nothing to rotate to yet
+    rotate(ctx.engine, ctx.keyring, source, batch=3)
+    assert ctx.keyring.versions == [1, 2]
+    with ctx.repo() as repo:  # a value written under version 1 after all (a late writer)
+        sid = repo.s.scalars(select(Search.id)).first()
+        repo.s.get(ProbeImage, sid).ciphertext = ctx.cipher.encrypt(b"jpeg late", aad=f"probe:{sid}", version=1)
+    r = cli("--version", "1", "--yes")
+    assert r.returncode != 0 and "1 stored values are still under key version 1" in r.stderr + r.stdout
+    assert ctx.keyring.versions == [1, 2]
+    r = cli("--version", "1")  # asks first; no answer is no
+    assert r.returncode != 0 and ctx.keyring.versions == [1, 2]
+
+    rotate(ctx.engine, ctx.keyring, source, batch=3)  # version 3 now; versions 1 and 2 unused
+    r = cli("--version", "1", "--yes", "--json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout.strip().splitlines()[-1]) == {"retired": 1, "remaining": [2, 3]}
+    assert (home / "keys" / "field.key").stat().st_mode & 0o777 == 0o600
+    ctx.keyring.reload()
+    assert ctx.keyring.versions == [2, 3]
+    _check_readable(ctx)  # everything still reads, and sign-in lookups work
+    with pytest.raises(KeyConfigurationError, match="no key version 1"):
+        retire(ctx.engine, ctx.keyring, source, 1)
+    env_source = type(source)(env_key="1:" + base64.b64encode(os.urandom(32)).decode(), key_file=source.key_file)
+    with pytest.raises(KeyConfigurationError, match="FACESEARCH_KEY"):
+        retire(ctx.engine, ctx.keyring, env_source, 2)
+    ctx.close()

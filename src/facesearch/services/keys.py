@@ -383,6 +383,43 @@ def rotate(engine: Engine, keyring: Keyring, source: KeySource, batch: int = 200
     return RotationReport(target, int(state.get("rewritten", 0)), resumed, new_key)
 
 
+@dataclass(frozen=True)
+class RetireReport:
+    retired: int
+    remaining: list[int]
+
+    def to_json(self) -> dict[str, object]:
+        return {"retired": self.retired, "remaining": self.remaining}
+
+
+def retire(engine: Engine, keyring: Keyring, source: KeySource, version: int) -> RetireReport:
+    """Remove an old key version from the key file, once no stored value needs it.
+
+    Refused for the current version, while a rotation is unfinished, while any value (text
+    column, blob, or a value sealed by a service) is still under ``version``, and for keys that
+    come from ``FACESEARCH_KEY`` (the operator edits that value). Backups taken before the
+    rotation stay sealed under the retired version: the caller keeps an offline copy."""
+    if source.env_key:
+        raise KeyConfigurationError("the keys come from FACESEARCH_KEY: remove the version from that value once "
+                                    "`facesearch keys status` shows no value under it")
+    if version not in keyring.versions:
+        raise KeyConfigurationError(f"there is no key version {version} (versions: {keyring.versions})")
+    if version == keyring.current_version:
+        raise KeyConfigurationError(f"key version {version} is the current one: new values are written under it")
+    state = _state(engine)
+    if state and not state.get("done"):
+        raise KeyConfigurationError("a rotation is unfinished: run `facesearch keys rotate` to finish it first")
+    left = value_versions(engine).get(str(version), 0)
+    if left:
+        raise KeyConfigurationError(f"{left} stored values are still under key version {version}: "
+                                    "run `facesearch keys rotate` first")
+    material = keyring.material
+    kept = [v for v in material.versions if v.version != version]
+    write_key_file(source.key_file, kept, dev=material.dev_generated)
+    keyring.reload()
+    return RetireReport(version, [v.version for v in kept])
+
+
 def not_under(engine: Engine, target: int) -> int:
     """How many stored values are not under ``target`` (0: the rotation is complete)."""
     counts = value_versions(engine)
