@@ -107,3 +107,28 @@ def test_network_inputs_made_on_the_device_equal_the_cpu_ones_bit_for_bit() -> N
     assert (b[1, 12:] == 0).all() and (b[1, :, 17:] == 0).all()  # the padded cells
     crops = rng.integers(0, 256, (7, 24, 24, 3), dtype=np.uint8)
     np.testing.assert_array_equal(cpu._crop_batch(crops), dev._crop_batch(crops).numpy())
+
+
+def test_crops_resized_on_the_device_match_opencv_within_one_level() -> None:
+    """R-Net/O-Net crops made by matrix products on the device against OpenCV's INTER_AREA on
+    the CPU: boxes inside, across and beyond the image edges, shrunk, grown and mixed."""
+    rng = np.random.default_rng(11)
+    im = rng.integers(0, 256, (157, 211, 3), dtype=np.uint8)
+    boxes = [[10, 12, 90, 92], [-20, -15, 40, 45], [180, 130, 260, 210], [50, 60, 62, 71],
+             [0, 0, 211, 157], [100, 20, 115, 150], [30, 140, 150, 152], [5, 5, 6, 6]]
+    boxes += [[int(x), int(y), int(x + s), int(y + s + d)] for x, y, s, d in zip(
+        rng.integers(-30, 200, 40), rng.integers(-30, 150, 40), rng.integers(2, 120, 40), rng.integers(-1, 2, 40))]
+    bs = np.array(boxes, dtype=np.float64)
+    cpu, dev = MtcnnDetector(), TorchMtcnnDetector(device="cpu")
+    for size in (24, 48):
+        a = cpu._crops([im], [bs], size)
+        b = dev._crops([im], [bs], size).numpy()
+        assert a.shape == b.shape == (len(bs), size, size, 3)
+        diff = np.abs(a - b) * 128  # in grey levels
+        assert diff.max() <= 1.0001, (size, diff.max())
+        assert (diff > 0.5).mean() < 0.03, (size, (diff > 0.5).mean())
+        shrunk = [i for i, (x1, y1, x2, y2) in enumerate(boxes) if x2 - x1 >= size and y2 - y1 >= size]
+        assert (diff[shrunk] > 0.5).mean() < 0.001  # the area path is OpenCV's own arithmetic
+    tiny = dev  # an image over the device budget is cropped on the CPU, with the same result
+    tiny.crop_budget = 0
+    np.testing.assert_array_equal(cpu._crops([im], [bs], 24), tiny._crops([im], [bs], 24).numpy())

@@ -7,15 +7,18 @@ rounding (tests/unit/test_torch_models.py).
 from __future__ import annotations
 
 import threading
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
 from facesearch.errors import ModelError
 from facesearch.models.manifest import ModelManifest
-from facesearch.models.mtcnn import MtcnnDetector
+from facesearch.models.mtcnn import MtcnnDetector, _crop
 from facesearch.models.onnx_embedder import OnnxEmbedder, l2_normalise
+from facesearch.models.torch_crops import crop_cost, crop_resize
 from facesearch.models.torch_onnx import TorchGraph, cuda_available, torch_available
+from facesearch.types import DetectedFace
 
 
 
@@ -38,12 +41,17 @@ class TorchMtcnnDetector(MtcnnDetector):
     :class:`MtcnnDetector` does (one P-Net call per pyramid level for a group of images, one
     R-Net and one O-Net call for the crops of all images)."""
 
-    def __init__(self, manifest: ModelManifest | None = None, device: str = "cuda", **kw: Any) -> None:
+    def __init__(self, manifest: ModelManifest | None = None, device: str = "cuda",
+                 crop_budget: int = 8_000_000_000, **kw: Any) -> None:
         kw.setdefault("max_batch", 4096)
         kw.setdefault("pnet_max_pixels", 64_000_000)
         super().__init__(manifest, **kw)
         self.device = device
+        # R-Net/O-Net crops are resized on the device (models/torch_crops.py) when an image's
+        # boxes cost at most this many multiply-adds there; larger ones are cropped on the CPU
+        self.crop_budget = int(crop_budget)
         self._graphs: dict[str, TorchGraph] | None = None
+        self._local = threading.local()  # the images of the detect_batch call in this thread
 
     def _sessions(self) -> dict[str, Any]:
         if self._graphs is not None:
@@ -96,6 +104,42 @@ class TorchMtcnnDetector(MtcnnDetector):
 
     def _crop_batch(self, crops: np.ndarray) -> Any:
         return self._to_device(crops).permute(0, 2, 1, 3).contiguous()
+
+    def detect_batch(self, images: Sequence[np.ndarray]) -> list[list[DetectedFace]]:
+        self._local.images = {}  # each image goes to the device once, for both crop stages
+        try:
+            return super().detect_batch(images)
+        finally:
+            self._local.images = {}
+
+    def _device_image(self, im: np.ndarray) -> Any:
+        import torch
+
+        cache = getattr(self._local, "images", None)
+        if cache is None:
+            cache = self._local.images = {}
+        t = cache.get(id(im))
+        if t is None:
+            t = cache[id(im)] = torch.from_numpy(im).to(self._sessions()["rnet"].device).float()
+        return t
+
+    def _crops(self, imgs: list[np.ndarray], boxes: list[np.ndarray], size: int) -> Any:
+        import torch
+
+        parts = []
+        for im, bs in zip(imgs, boxes):
+            if not len(bs):
+                continue
+            h, w = im.shape[:2]
+            if crop_cost(h, w, len(bs), size) <= self.crop_budget:
+                parts.append(crop_resize(self._device_image(im), bs, size))
+            else:  # a very large image: OpenCV on the CPU, as the ONNX Runtime path does
+                cpu = np.stack([_crop(im, b, size) for b in bs])
+                parts.append(torch.from_numpy(cpu).to(self._sessions()["rnet"].device).float())
+        x = torch.cat(parts)
+        x -= 127.5
+        x *= 0.0078125
+        return x.permute(0, 2, 1, 3).contiguous()  # transposed, like P-Net's input
 
 
 class TorchEmbedder:
