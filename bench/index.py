@@ -276,10 +276,12 @@ def write_markdown(path: Path, rows: list[dict[str, Any]], d: int, args: argpars
     md = [
         f"# Index benchmark, {d}-d",
         "",
-        f"- machine: {machine()} (shared with other jobs: timings are noisy)",
+        f"- machine: {machine()}; rows from several runs, some while other jobs or other "
+        "benchmark runs shared the 2 cores (each row's date is in index-<d>.json, the load of each "
+        "run in index-notes.md): compare timings within one N, not across dates",
         f"- python {platform.python_version()}, faiss {faiss.__version__}, numpy {np.__version__}",
-        "- command: `nice -n 10 python bench/index.py --n <N> --dim <d> --index <...>` (rows merged "
-        "from several runs; each row has its date in index-<d>.json)",
+        "- command: `python bench/index.py --n <N> --dim <d> --index <...>` (100M: `--keep`, "
+        "then `--reuse` to measure the kept index again)",
         f"- data: synthetic clustered unit vectors (~5 faces per identity), {args.queries} queries "
         "= fresh noisy samples of enrolled identities; k=10; vectors generated in chunks to a float16 file",
         "- indexes: `flat` exact; `ivf` IVF fp16 codes; `pq` IVF-PQ with float16 re-ranking from "
