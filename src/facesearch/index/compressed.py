@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import logging
 import math
+import mmap
 import os
 import time
 from collections.abc import Callable
@@ -141,7 +142,21 @@ class _VectorStore:
     def get(self, rows: np.ndarray) -> np.ndarray:
         if self._mm is None or len(self._mm) != self._rows:
             self._mm = np.memmap(self.path, dtype=np.float16, mode="r", shape=(self._rows, self.d))
+            _random_access(self._mm)
         return np.asarray(self._mm[rows], dtype=np.float32)
+
+
+def _random_access(mm: np.memmap) -> None:
+    """Tell the kernel that re-ranking reads scattered rows. Without it every row read faults in
+    the device's whole read-ahead window around it: at 100M faces (a 25.6 GB store, larger than
+    the page cache) 16 rows per query made 1 GB/s of disk reads and 41 ms per query; with it,
+    a few MB/s."""
+    handle = getattr(mm, "_mmap", None)
+    if handle is not None and hasattr(mmap, "MADV_RANDOM"):
+        try:
+            handle.madvise(mmap.MADV_RANDOM)
+        except OSError:  # a platform without madvise: correct, only slower
+            log.debug("madvise(MADV_RANDOM) refused for %s", mm.filename)
 
 
 # --------------------------------------------------------------------------- index
