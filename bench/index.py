@@ -192,7 +192,8 @@ def build(name: str, x: np.ndarray, ids: np.ndarray, work: Path, target: float,
 
 def bench_one(n: int, d: int, nq: int, seed: int, names: list[str], target: float, threads: int,
               data_dir: Path, latency_queries: int = 500, keep: bool = False,
-              reuse: bool = False) -> list[dict[str, Any]]:
+              reuse: bool = False, search_points: list[tuple[int, int]] | None = None
+              ) -> list[dict[str, Any]]:
     t = time.perf_counter()
     set_threads(threads)
     x, ids, q = make_data(n, d, nq, data_dir, seed)
@@ -231,17 +232,25 @@ def bench_one(n: int, d: int, nq: int, seed: int, names: list[str], target: floa
         else:
             mem = disk
             params = idx.kind + (f" tuned_r@1={idx.tuned_recall:.3f}" if isinstance(idx, IVFIndex) else "")
-        m = measure(idx, q, gt, threads, latency_queries)
-        r = {"n": n, "dim": d, "index": name + (" (auto)" if name == auto else ""),
-             "params": params, "build_s": round(build_s, 2),
-             "mem_bytes_per_face": round(mem / n, 1), "disk_bytes_per_face": round(disk / n, 1),
-             **{k: round(v, 4) for k, v in m.items()},
-             "peak_rss_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2),
-             "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
-        rows.append(r)
-        log(f"[n={n:,} d={d}] {name} {params}: build {build_s:.1f}s, {mem / n:.0f} B/face RAM, "
-            f"{disk / n:.0f} B/face disk, p50 {m['p50_ms']:.3f} ms, p99 {m['p99_ms']:.3f} ms, "
-            f"r@1 {m['recall_at_1']:.4f}, r@10 {m['recall_at_10']:.4f}")
+        # the tuned operating point, then any others asked for (--search NPROBE:RERANK, PQ only)
+        points = [None] + (list(search_points or []) if isinstance(idx, PQIndex) else [])
+        for point in points:
+            label = name + (" (auto)" if name == auto else "")
+            if point is not None:
+                idx.set_search(nprobe=point[0], rerank_depth=point[1])
+                params = idx.kind
+                label = f"{name}@nprobe{point[0]},rerank{point[1]}"
+            m = measure(idx, q, gt, threads, latency_queries)
+            r = {"n": n, "dim": d, "index": label,
+                 "params": params, "build_s": round(build_s, 2),
+                 "mem_bytes_per_face": round(mem / n, 1), "disk_bytes_per_face": round(disk / n, 1),
+                 **{k: round(v, 4) for k, v in m.items()},
+                 "peak_rss_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2),
+                 "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
+            rows.append(r)
+            log(f"[n={n:,} d={d}] {label} {params}: build {build_s:.1f}s, {mem / n:.0f} B/face RAM, "
+                f"{disk / n:.0f} B/face disk, p50 {m['p50_ms']:.3f} ms, p99 {m['p99_ms']:.3f} ms, "
+                f"r@1 {m['recall_at_1']:.4f}, r@10 {m['recall_at_10']:.4f}")
         del idx
         gc.collect()
         if not keep:
@@ -318,6 +327,8 @@ def plot(out: Path) -> Path | None:
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(12, 4.8))
     series: dict[tuple[int, str], list[dict[str, Any]]] = {}
     for r in rows:
+        if "@" in r["index"]:  # another operating point of an index already plotted
+            continue
         series.setdefault((r["dim"], r["index"].replace(" (auto)", "")), []).append(r)
     for (d, name), rs in sorted(series.items()):
         rs = sorted(rs, key=lambda r: r["n"])
@@ -367,6 +378,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="keep each built index (and its side files) under --data-dir")
     ap.add_argument("--reuse", action="store_true",
                     help="measure an index kept by an earlier --keep run instead of building it")
+    ap.add_argument("--search", action="append", default=None, metavar="NPROBE:RERANK",
+                    help="also measure a PQ index at this nprobe and re-rank depth (repeatable; "
+                    "rows named pq@nprobeN,rerankM)")
     ap.add_argument("--plot-only", action="store_true")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="  %(name)s: %(message)s")
@@ -379,7 +393,8 @@ def main(argv: list[str] | None = None) -> int:
         for n in args.n:
             rows += bench_one(n, args.dim, args.queries, args.seed, names, args.target_recall,
                               args.threads, args.data_dir, args.latency_queries,
-                              keep=args.keep, reuse=args.reuse)
+                              keep=args.keep, reuse=args.reuse,
+                              search_points=[tuple(int(v) for v in sp.split(":")) for sp in args.search or []])
             jpath = args.out / f"index-{args.dim}.json"
             merged = merge_rows(jpath, rows)
             jpath.write_text(json.dumps([{k: r.get(k) for k in KEYS} for r in merged], indent=1) + "\n")
