@@ -79,14 +79,21 @@ class TorchMtcnnDetector(MtcnnDetector):
     # The networks' inputs go to the device as bytes (a quarter of float32's) and are
     # normalised and transposed there, with the same float32 arithmetic as the CPU path, so
     # that the worker's CPU time goes to what only the CPU does (pyramid, crops, NMS).
-    def _to_device(self, u8: np.ndarray) -> Any:
+    def _upload(self, u8: np.ndarray) -> Any:
+        """uint8 pixels to the device, as float32 values 0..255."""
         import torch
 
         self._sessions()  # the device is checked when the graphs load
-        x = torch.from_numpy(u8).to(self.device, non_blocking=False).float()
+        return torch.from_numpy(np.ascontiguousarray(u8)).to(self.device).float()
+
+    @staticmethod
+    def _normalised(x: Any) -> Any:
         x -= 127.5
         x *= 0.0078125
         return x
+
+    def _to_device(self, u8: np.ndarray) -> Any:
+        return self._normalised(self._upload(u8))
 
     def _pnet_batch(self, levels: list[np.ndarray], gh: int, gw: int) -> Any:
         import torch
@@ -113,14 +120,13 @@ class TorchMtcnnDetector(MtcnnDetector):
             self._local.images = {}
 
     def _device_image(self, im: np.ndarray) -> Any:
-        import torch
 
         cache = getattr(self._local, "images", None)
         if cache is None:
             cache = self._local.images = {}
         t = cache.get(id(im))
         if t is None:
-            t = cache[id(im)] = torch.from_numpy(im).to(self._sessions()["rnet"].device).float()
+            t = cache[id(im)] = self._upload(im)
         return t
 
     def _crops(self, imgs: list[np.ndarray], boxes: list[np.ndarray], size: int) -> Any:
@@ -134,11 +140,8 @@ class TorchMtcnnDetector(MtcnnDetector):
             if crop_cost(h, w, len(bs), size) <= self.crop_budget:
                 parts.append(crop_resize(self._device_image(im), bs, size))
             else:  # a very large image: OpenCV on the CPU, as the ONNX Runtime path does
-                cpu = np.stack([_crop(im, b, size) for b in bs])
-                parts.append(torch.from_numpy(cpu).to(self._sessions()["rnet"].device).float())
-        x = torch.cat(parts)
-        x -= 127.5
-        x *= 0.0078125
+                parts.append(self._upload(np.stack([_crop(im, b, size) for b in bs])))
+        x = self._normalised(torch.cat(parts))
         return x.permute(0, 2, 1, 3).contiguous()  # transposed, like P-Net's input
 
 
