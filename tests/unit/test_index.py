@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import faiss
 import numpy as np
 import pytest
 
@@ -230,8 +231,6 @@ def test_bad_files_raise_index_error(mangle, saved: bytes, tmp_path: Path):
 
 
 def test_faiss_file_without_our_header_is_rejected(tmp_path: Path):
-    import faiss
-
     p = tmp_path / "raw.idx"
     faiss.write_index(faiss.IndexFlatIP(D), str(p))
     with pytest.raises(IndexError_, match="not a facesearch index"):
@@ -458,6 +457,11 @@ def test_pq_save_load_round_trip(pq_built, pq_data, tmp_path: Path):
     np.testing.assert_allclose(D1, D2)
 
 
+def _prefetch_threads(idx: PQIndex) -> int:
+    """Threads faiss starts per search to read on-disk lists (32 by default; 2 ms a query here)."""
+    return int(faiss.downcast_InvertedLists(idx._ivf.invlists).prefetch_nthread)
+
+
 def test_ondisk_lists_reopen(pq_data, pq_built, tmp_path: Path):
     x, ids, q = pq_data
     idx = PQIndex.build(x, ids, storage=tmp_path / "od", target_recall=0.95, on_disk=True, seed=4)
@@ -467,9 +471,9 @@ def test_ondisk_lists_reopen(pq_data, pq_built, tmp_path: Path):
     assert idx.memory_bytes() + PQ_N * (idx.params.m + 8) <= pq_built.memory_bytes()  # codes not resident
     _, I = idx.search(q, 10)
     idx.save(tmp_path / "od.faiss")
-    del idx
     back = load_index(tmp_path / "od.faiss")
     assert isinstance(back, PQIndex) and back.params.on_disk
+    assert _prefetch_threads(idx) == _prefetch_threads(back) == 0
     _, J = back.search(q, 10)
     np.testing.assert_array_equal(I, J)
     assert _r1(back, x, ids, q) >= 0.93
@@ -480,6 +484,61 @@ def test_ondisk_lists_reopen(pq_data, pq_built, tmp_path: Path):
     (tmp_path / "od.vec16").unlink()
     with pytest.raises(IndexError_, match="vector store"):
         load_index(tmp_path / "od.faiss")
+
+
+def test_retune_follows_the_target_without_rebuilding(pq_data, tmp_path: Path):
+    x, ids, q = pq_data
+    idx = PQIndex.build(x, ids, storage=tmp_path / "t", target_recall=0.99, seed=5)
+    high = (idx.nprobe, idx.rerank_depth, idx.tuned_recall)
+    assert high[2] >= 0.99
+    # a lower target: another (cheaper) operating point whose measured recall reaches it
+    nprobe, depth, recall = idx.retune(0.8)
+    assert recall >= 0.8 and (nprobe, depth) == (idx.nprobe, idx.rerank_depth)
+    assert (nprobe, depth) != high[:2]
+    assert idx.params.target_recall == 0.8 and idx.params.tuned_recall_at_1 == recall
+    assert _r1(idx, x, ids, q) >= 0.75
+    # back to the high target (the choice is timed, so only its recall is certain)
+    assert idx.retune(0.99)[2] >= 0.99
+    # the new parameters are saved with the index
+    nprobe, depth, _ = idx.retune(0.8)
+    idx.save(tmp_path / "t.faiss")
+    back = load_index(tmp_path / "t.faiss")
+    assert (back.nprobe, back.rerank_depth, back.params.target_recall) == (nprobe, depth, 0.8)
+    with pytest.raises(IndexError_, match="target recall"):
+        idx.retune(1.5)
+
+
+def test_retune_ignores_removed_faces(pq_data, tmp_path: Path):
+    x, ids, _ = pq_data
+    idx = PQIndex.build(x, ids, storage=tmp_path / "r", target_recall=0.95, seed=6)
+    # remove every face's nearest neighbour: left in the store, the leave-one-out ground truth
+    # would point at removed rows that no search can return, and no setting could reach 0.95
+    _, I = idx.search(x[:2000], 2)
+    gone = np.unique(I[:, 1][I[:, 1] != ids[:2000]])
+    idx.remove_ids(gone)
+    *_, recall = idx.retune(0.95, queries=500, seed=1)
+    assert recall >= 0.95
+
+
+def test_move_lists_to_disk_keeps_every_result(pq_data, tmp_path: Path):
+    x, ids, q = pq_data
+    idx = PQIndex.build(x, ids, storage=tmp_path / "m", target_recall=0.95, seed=7)
+    D1, I1 = idx.search(q, 10)
+    ram = idx.memory_bytes()
+    lists = idx.move_lists_to_disk()
+    assert lists == tmp_path / "m.ivfdata" and lists.stat().st_size >= PQ_N * idx.params.m
+    assert idx.params.on_disk and "ondisk" in idx.kind and lists in idx.storage_files()
+    assert _prefetch_threads(idx) == 0
+    assert idx.memory_bytes() <= ram - PQ_N * idx.params.m
+    D2, I2 = idx.search(q, 10)
+    np.testing.assert_array_equal(I1, I2)
+    np.testing.assert_allclose(D1, D2)
+    assert idx.move_lists_to_disk() == lists  # already on disk: nothing to do
+    idx.add_with_ids(x[:1] * 1.0, np.array([10**9]))  # still writable
+    idx.save(tmp_path / "m.faiss")
+    back = load_index(tmp_path / "m.faiss")
+    assert back.params.on_disk and back.ntotal == PQ_N + 1
+    np.testing.assert_array_equal(back.search(q, 10)[1][:, :5], idx.search(q, 10)[1][:, :5])
 
 
 class _FakeRepo:
