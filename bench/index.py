@@ -5,6 +5,8 @@ synthetic face-like embeddings, from 10k to 100M faces.
     python bench/index.py --n 10M --dim 128 --index pq          # vectors generated to disk once
     python bench/index.py --n 100M --index pq --keep             # build once, keep it on disk
     python bench/index.py --n 100M --index pq --reuse            # measure the kept index again
+    python bench/index.py --n 100M --index pq-ondisk --reuse --move-lists --retune 0.95
+                        # the kept pq index with its lists moved to disk, re-tuned for 0.95
     python bench/index.py --plot-only                            # redraw the plot from the JSON
 
 Data: unit vectors shaped like face embeddings: many identities (about 5 faces each, varying),
@@ -69,15 +71,16 @@ def _normalize(a: np.ndarray) -> np.ndarray:
 
 
 def make_data(n: int, d: int, nq: int, data_dir: Path, seed: int = 0, faces_per_id: int = 5,
-              chunk: int = 500_000) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+              chunk: int = 500_000, vectors: bool = True) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
     """(gallery vectors as a float16 memmap (n, d), ids (n,), queries (nq, d) float32).
 
     Files are cached in ``data_dir`` by (n, d, seed); identity centres are float16 (2 x d bytes
-    per identity, n/5 identities)."""
+    per identity, n/5 identities). With ``vectors=False`` the gallery file may be gone (a kept
+    index measured again with cached ground truth needs only ids and queries): x is then None."""
     stem = data_dir / f"faces-{d}d-{n}-s{seed}"
     vec_path, ids_path, q_path = (Path(f"{stem}.f16"), Path(f"{stem}.ids.npy"), Path(f"{stem}.q{nq}.npy"))
-    if vec_path.exists() and ids_path.exists() and q_path.exists():
-        x = np.memmap(vec_path, dtype=np.float16, mode="r", shape=(n, d))
+    if ids_path.exists() and q_path.exists() and (vec_path.exists() or not vectors):
+        x = np.memmap(vec_path, dtype=np.float16, mode="r", shape=(n, d)) if vec_path.exists() else None
         return x, np.load(ids_path), np.load(q_path)
     data_dir.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
@@ -114,11 +117,13 @@ def make_data(n: int, d: int, nq: int, data_dir: Path, seed: int = 0, faces_per_
     return np.memmap(vec_path, dtype=np.float16, mode="r", shape=(n, d)), ids, q
 
 
-def ground_truth(x: np.ndarray, ids: np.ndarray, q: np.ndarray, k: int, cache: Path,
+def ground_truth(x: np.ndarray | None, ids: np.ndarray, q: np.ndarray, k: int, cache: Path,
                  chunk: int = 1_000_000) -> np.ndarray:
     """Exact top-k ids of every query by brute force over ``x`` in chunks (cached)."""
     if cache.exists():
         return np.load(cache)
+    if x is None:
+        raise SystemExit(f"no cached ground truth at {cache} and no gallery vectors to compute it")
     best_d = np.full((len(q), k), -np.inf, dtype=np.float32)
     best_r = np.full((len(q), k), -1, dtype=np.int64)
     for s in range(0, len(x), chunk):
@@ -190,26 +195,66 @@ def build(name: str, x: np.ndarray, ids: np.ndarray, work: Path, target: float,
         bar.close()
 
 
+def _kept(data_dir: Path, d: int, n: int, name: str) -> tuple[Path, bool]:
+    work = data_dir / f"work-{d}d-{n}-{name}"
+    return work, (work / "build.json").exists()  # build.json: written once the saved index is complete
+
+
+def _moved_to_disk(data_dir: Path, d: int, n: int, work: Path) -> tuple[PQIndex, float]:
+    """The kept ``pq`` index with its inverted lists moved to disk (``PQIndex.move_lists_to_disk``:
+    same training and codes), saved as the ``pq-ondisk`` index; its build time is the pq
+    build's plus the move."""
+    src, ok = _kept(data_dir, d, n, "pq")
+    if not ok:
+        raise SystemExit(f"--move-lists: no kept pq index under {src} (build one with --index pq --keep)")
+    idx = load_index(src / "index.faiss")
+    if not isinstance(idx, PQIndex):
+        raise SystemExit(f"--move-lists: {src} does not hold a PQ index")
+    t = time.perf_counter()
+    lists = idx.move_lists_to_disk()
+    move_s = time.perf_counter() - t
+    build_s = float(json.loads((src / "build.json").read_text())["build_s"]) + move_s
+    log(f"[n={n:,} d={d}] moved the lists of {src} to {lists} in {move_s:.0f}s")
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    idx.save(work / "index.faiss")
+    (work / "build.json").write_text(json.dumps({"build_s": build_s, "moved_from": str(src),
+                                                 "move_s": move_s}))
+    return idx, build_s
+
+
 def bench_one(n: int, d: int, nq: int, seed: int, names: list[str], target: float, threads: int,
               data_dir: Path, latency_queries: int = 500, keep: bool = False,
-              reuse: bool = False, search_points: list[tuple[int, int]] | None = None
+              reuse: bool = False, search_points: list[tuple[int, int]] | None = None,
+              move_lists: bool = False, retune: float | None = None
               ) -> list[dict[str, Any]]:
     t = time.perf_counter()
     set_threads(threads)
-    x, ids, q = make_data(n, d, nq, data_dir, seed)
-    log(f"[n={n:,} d={d}] data ready ({time.perf_counter() - t:.1f}s)")
-    t = time.perf_counter()
-    gt = ground_truth(x, ids, q, K, data_dir / f"faces-{d}d-{n}-s{seed}.q{nq}.gt{K}.npy")
-    log(f"[n={n:,}] ground truth for {nq} queries: {time.perf_counter() - t:.1f}s")
     auto = {"flat": "flat", "ivf": "ivf", "ivfpq": "pq", "ivfpq-ondisk": "pq-ondisk"}[
         choose_kind(n, d, exact_max=50_000)]
+    todo = list(dict.fromkeys(auto if nm == "auto" else nm for nm in names))
+    gt_cache = data_dir / f"faces-{d}d-{n}-s{seed}.q{nq}.gt{K}.npy"
+    # the gallery vectors are needed only to build, or for ground truth not cached yet
+    all_kept = reuse and gt_cache.exists() and all(
+        _kept(data_dir, d, n, nm)[1] or (move_lists and nm == "pq-ondisk" and _kept(data_dir, d, n, "pq")[1])
+        for nm in todo)
+    x, ids, q = make_data(n, d, nq, data_dir, seed, vectors=not all_kept)
+    log(f"[n={n:,} d={d}] data ready ({time.perf_counter() - t:.1f}s)")
+    t = time.perf_counter()
+    gt = ground_truth(x, ids, q, K, gt_cache)
+    log(f"[n={n:,}] ground truth for {nq} queries: {time.perf_counter() - t:.1f}s")
     rows: list[dict[str, Any]] = []
-    for name in dict.fromkeys(auto if nm == "auto" else nm for nm in names):
-        work = data_dir / f"work-{d}d-{n}-{name}"
-        built = work / "build.json"  # written once the saved index is complete
+    for name in todo:
+        work, kept = _kept(data_dir, d, n, name)
+        built = work / "build.json"
         set_threads(threads)
         gc.collect()
-        if reuse and built.exists():
+        reused = reuse and kept
+        moved: list[Path] = []  # files of a moved index that live in the kept pq index's folder
+        if reuse and move_lists and name == "pq-ondisk" and not kept:
+            idx, build_s = _moved_to_disk(data_dir, d, n, work)
+            moved = [p for p in idx.storage_files() if p.suffix == ".ivfdata"]
+        elif reused:
             # measure an index built by an earlier run (--keep), loaded from disk
             t = time.perf_counter()
             idx = load_index(work / "index.faiss")
@@ -217,6 +262,8 @@ def bench_one(n: int, d: int, nq: int, seed: int, names: list[str], target: floa
             log(f"[n={n:,} d={d}] {name}: reusing {work} (built in {build_s:.0f}s), "
                 f"loaded in {time.perf_counter() - t:.1f}s")
         else:
+            if x is None:
+                raise SystemExit(f"{name} at n={n:,} must be built, but the gallery vectors are gone")
             shutil.rmtree(work, ignore_errors=True)
             work.mkdir(parents=True)
             t = time.perf_counter()
@@ -232,14 +279,22 @@ def bench_one(n: int, d: int, nq: int, seed: int, names: list[str], target: floa
         else:
             mem = disk
             params = idx.kind + (f" tuned_r@1={idx.tuned_recall:.3f}" if isinstance(idx, IVFIndex) else "")
-        # the tuned operating point, then any others asked for (--search NPROBE:RERANK, PQ only)
-        points = [None] + (list(search_points or []) if isinstance(idx, PQIndex) else [])
+        # the tuned operating point, then any others asked for (--search NPROBE:RERANK and
+        # --retune TARGET, PQ only)
+        points: list[tuple[int, int] | float | None] = [None]
+        if isinstance(idx, PQIndex):
+            points += list(search_points or []) + ([retune] if retune is not None else [])
         for point in points:
             label = name + (" (auto)" if name == auto else "")
-            if point is not None:
+            if isinstance(point, tuple):
                 idx.set_search(nprobe=point[0], rerank_depth=point[1])
                 params = idx.kind
                 label = f"{name}@nprobe{point[0]},rerank{point[1]}"
+            elif isinstance(point, float):
+                t = time.perf_counter()
+                idx.retune(point)
+                params = f"{idx.kind} tuned_r@1={idx.tuned_recall:.3f} (re-tuned in {time.perf_counter() - t:.0f}s)"
+                label = f"{name}@target{point:g}"
             m = measure(idx, q, gt, threads, latency_queries)
             r = {"n": n, "dim": d, "index": label,
                  "params": params, "build_s": round(build_s, 2),
@@ -253,8 +308,10 @@ def bench_one(n: int, d: int, nq: int, seed: int, names: list[str], target: floa
                 f"r@1 {m['recall_at_1']:.4f}, r@10 {m['recall_at_10']:.4f}")
         del idx
         gc.collect()
-        if not keep:
+        if not keep and not reused:  # an index kept by an earlier run stays
             shutil.rmtree(work, ignore_errors=True)
+            for p in moved:
+                p.unlink(missing_ok=True)
     return rows
 
 
@@ -381,6 +438,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--search", action="append", default=None, metavar="NPROBE:RERANK",
                     help="also measure a PQ index at this nprobe and re-rank depth (repeatable; "
                     "rows named pq@nprobeN,rerankM)")
+    ap.add_argument("--move-lists", action="store_true",
+                    help="with --reuse --index pq-ondisk: when no pq-ondisk index was kept, move the "
+                    "kept pq index's lists to disk instead of building one")
+    ap.add_argument("--retune", type=float, default=None, metavar="TARGET",
+                    help="also re-tune each PQ index for this recall@1 (PQIndex.retune, the build's "
+                    "measurement on the index's own vectors) and measure it (rows name@targetT)")
     ap.add_argument("--plot-only", action="store_true")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="  %(name)s: %(message)s")
@@ -393,7 +456,8 @@ def main(argv: list[str] | None = None) -> int:
         for n in args.n:
             rows += bench_one(n, args.dim, args.queries, args.seed, names, args.target_recall,
                               args.threads, args.data_dir, args.latency_queries,
-                              keep=args.keep, reuse=args.reuse,
+                              keep=args.keep, reuse=args.reuse, move_lists=args.move_lists,
+                              retune=args.retune,
                               search_points=[tuple(int(v) for v in sp.split(":")) for sp in args.search or []])
             jpath = args.out / f"index-{args.dim}.json"
             merged = merge_rows(jpath, rows)
