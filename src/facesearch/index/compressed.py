@@ -243,7 +243,15 @@ class PQIndex(_FaissIndex):
         return int(lists + self._n_rows * 8 + quant + 256 * self.d * 4 + tables)
 
     def disk_bytes(self) -> int:
-        return int(sum(p.stat().st_size for p in self.storage_files() if p.exists()))
+        """Bytes the side files take on disk: allocated blocks, since the on-disk lists file
+        is sparse (faiss grows it by doubling and gives each list a power-of-two capacity)."""
+        total = 0
+        for p in self.storage_files():
+            if p.exists():
+                st = p.stat()
+                blocks = getattr(st, "st_blocks", 0) * 512
+                total += min(st.st_size, blocks) if blocks else st.st_size
+        return int(total)
 
     def set_search(self, *, nprobe: int | None = None, rerank_depth: int | None = None) -> None:
         """Override the tuned search parameters (saved with the index)."""
