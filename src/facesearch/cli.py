@@ -834,6 +834,39 @@ def index_migrate(to: str, gallery: str | None, sample: int, batch: int, as_json
                    + f"; sample searches agreeing {r.sample_top1_agree}/{r.sample}; switched")
 
 
+@index.command("tune")
+@click.option("--gallery", default=None, help="Only this gallery (default: every gallery).")
+@click.option("--target-recall", type=click.FloatRange(0.0, 1.0, min_open=True), default=None,
+              help="recall@1 to reach (default: FACESEARCH_ANN_TARGET_RECALL).")
+@click.option("--queries", type=click.IntRange(min=10), default=1000, show_default=True,
+              help="Gallery faces searched (leave-one-out) to measure recall.")
+@click.option("--json", "as_json", is_flag=True, help="Print the reports as JSON.")
+@_home_option
+@_domain_errors
+def index_tune(gallery: str | None, target_recall: float | None, queries: int, as_json: bool,
+               home: str | None) -> None:
+    """Choose a compressed (IVF-PQ) index's search settings again for a target recall, without
+    rebuilding it: the build's measurement, repeated on the index's own vectors. Stop the server
+    first, or restart it afterwards (it keeps its indexes in memory)."""
+    from facesearch.services.context import AppContext
+    from facesearch.services.index_tune import tune_indexes
+
+    ctx = AppContext(_settings(home))
+    try:
+        reports = tune_indexes(ctx, gallery, target_recall=target_recall, queries=queries)
+    finally:
+        ctx.close()
+    if as_json:
+        _emit_json([r.to_json() for r in reports])
+        return
+    for r in reports:
+        if r.tuned:
+            click.echo(f"{r.gallery}: {r.faces} faces, {r.kind}: recall@1 {r.recall_at_1:.4f} "
+                       f"(target {r.target_recall}) in {r.seconds:.1f}s")
+        else:
+            click.echo(f"{r.gallery}: {r.faces} faces, not tuned ({r.reason})")
+
+
 # -- demo ---------------------------------------------------------------------------------------
 @main.command()
 @click.option("--keep", type=click.Path(file_okay=False), default=None,

@@ -574,3 +574,20 @@ def test_manager_builds_compressed_streamed_and_cleans_old_files(pq_data, tmp_pa
     assert len(vec) == 1 and vec[0] not in first
     m2.drop(key)
     assert not list(tmp_path.iterdir())
+
+
+def test_manager_tune_saves_the_new_settings(pq_data, tmp_path: Path):
+    x, ids, q = pq_data
+    repo = _FakeRepo(x[:3000], ids[:3000])
+    m = IndexManager(tmp_path, exact_max=1000, target_recall=0.99, sq_max=2000)
+    key = IndexKey(1, "m")
+    assert m.get(repo, key, PQ_D).params.target_recall == 0.99
+    idx, (nprobe, depth, recall) = m.tune(repo, key, PQ_D, 0.8, queries=300)
+    assert recall >= 0.8 and idx.params.target_recall == 0.8
+    # another process opens the saved index (no rebuild: the database did not change) tuned
+    again = IndexManager(tmp_path, exact_max=1000, target_recall=0.99, sq_max=2000).get(repo, key, PQ_D)
+    assert (again.nprobe, again.rerank_depth, again.params.target_recall) == (nprobe, depth, 0.8)
+    # an exact index has nothing to tune
+    small = IndexKey(2, "m")
+    flat, result = m.tune(_FakeRepo(x[:500], ids[:500]), small, PQ_D, 0.8)
+    assert result is None and isinstance(flat, FlatIndex)

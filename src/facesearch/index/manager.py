@@ -178,6 +178,19 @@ class IndexManager:
                 return self.rebuild(repo, key, dim)
             return idx
 
+    def tune(self, repo, key: IndexKey, dim: int, target_recall: float,  # noqa: ANN001
+             queries: int = 1000) -> tuple[VectorIndex, tuple[int, int, float] | None]:
+        """Re-tune the gallery's compressed index for ``target_recall`` and save it; returns the
+        index and (nprobe, rerank depth, recall@1), or None when it is not an IVF-PQ index (exact
+        search has nothing to tune; an fp16 IVF index is tuned when it is built)."""
+        with self._lock:
+            idx = self.get(repo, key, dim)
+            if not isinstance(idx, PQIndex):
+                return idx, None
+            result = idx.retune(target_recall, queries=queries)
+            self.save(key)
+            return idx, result
+
     def save(self, key: IndexKey) -> None:
         with self._lock:
             idx = self._open[key]
