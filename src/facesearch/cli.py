@@ -51,6 +51,22 @@ def _emit_json(obj: Any) -> None:
     click.echo(json.dumps(obj, ensure_ascii=False, default=str))
 
 
+def _reports(home: str | None, run: Callable[[Any], list[Any]], as_json: bool) -> list[Any]:
+    """Run a service over an opened installation (closed afterwards); with ``as_json`` print its
+    reports as a JSON list and return none to print as text."""
+    from facesearch.services.context import AppContext
+
+    ctx = AppContext(_settings(home))
+    try:
+        reports = run(ctx)
+    finally:
+        ctx.close()
+    if as_json:
+        _emit_json([r.to_json() for r in reports])
+        return []
+    return reports
+
+
 @click.group()
 @click.option("-v", "--verbose", count=True, help="More log output on stderr.")
 @click.option("--accept-model-license", default=None, metavar="TOKEN",
@@ -815,19 +831,11 @@ def index() -> None:
 def index_migrate(to: str, gallery: str | None, sample: int, batch: int, as_json: bool, home: str | None) -> None:
     """Copy galleries' vectors to another backend (resumable: a killed run continues where it
     stopped), verify counts and sample searches, and only then switch the gallery over."""
-    from facesearch.services.context import AppContext
     from facesearch.services.index_migrate import migrate_index
 
-    ctx = AppContext(_settings(home))
-    try:
-        reports = migrate_index(ctx, gallery, to=to, sample=sample, batch=batch,
-                                on_batch=lambda done, total: log.info("copied %d of %d faces", done, total))
-    finally:
-        ctx.close()
-    if as_json:
-        _emit_json([r.to_json() for r in reports])
-        return
-    for r in reports:
+    for r in _reports(home, lambda ctx: migrate_index(
+            ctx, gallery, to=to, sample=sample, batch=batch,
+            on_batch=lambda done, total: log.info("copied %d of %d faces", done, total)), as_json):
         click.echo(f"{r.gallery}: {r.faces} faces on {r.to}"
                    + (f" ({r.collection})" if r.collection else "")
                    + f"; copied {r.copied}" + (f" after face id {r.resumed_after_id}" if r.resumed_after_id else "")
@@ -848,18 +856,10 @@ def index_tune(gallery: str | None, target_recall: float | None, queries: int, a
     """Choose a compressed (IVF-PQ) index's search settings again for a target recall, without
     rebuilding it: the build's measurement, repeated on the index's own vectors. Stop the server
     first, or restart it afterwards (it keeps its indexes in memory)."""
-    from facesearch.services.context import AppContext
     from facesearch.services.index_tune import tune_indexes
 
-    ctx = AppContext(_settings(home))
-    try:
-        reports = tune_indexes(ctx, gallery, target_recall=target_recall, queries=queries)
-    finally:
-        ctx.close()
-    if as_json:
-        _emit_json([r.to_json() for r in reports])
-        return
-    for r in reports:
+    for r in _reports(home, lambda ctx: tune_indexes(ctx, gallery, target_recall=target_recall,
+                                                     queries=queries), as_json):
         if r.tuned:
             click.echo(f"{r.gallery}: {r.faces} faces, {r.kind}: recall@1 {r.recall_at_1:.4f} "
                        f"(target {r.target_recall}) in {r.seconds:.1f}s")
