@@ -302,8 +302,9 @@ class PQIndex(_FaissIndex):
         rng = np.random.default_rng(seed)
         q_rows = np.sort(rng.choice(live_rows, size=min(int(queries), len(live_rows) - 1), replace=False))
         t = time.perf_counter()
+        # scattered rows through the store's own mapping (no read-ahead: see _random_access)
         nprobe, depth, recall = _tune(self, vectors, q_rows, float(target_recall), int(batch),
-                                      live=None if live.all() else live)
+                                      live=None if live.all() else live, gather=self._store.get)
         self._p = PQParams(**{**asdict(self._p), "nprobe": nprobe, "rerank_depth": depth,
                               "target_recall": float(target_recall), "tuned_recall_at_1": recall})
         self._apply(nprobe)
@@ -590,13 +591,18 @@ def _exact_nearest_other(vectors: np.ndarray, q: np.ndarray, q_rows: np.ndarray,
 
 
 def _tune(index: PQIndex, vectors: np.ndarray, q_rows: np.ndarray, target: float,
-          batch: int, live: np.ndarray | None = None) -> tuple[int, int, float]:
+          batch: int, live: np.ndarray | None = None,
+          gather: Callable[[np.ndarray], np.ndarray] | None = None) -> tuple[int, int, float]:
     """(nprobe, rerank depth, recall@1): the fastest measured configuration reaching
     ``target`` (leave-one-out recall@1 of the gallery rows ``q_rows``; ``live`` marks the rows
-    still in the index when some were removed)."""
+    still in the index when some were removed). ``vectors`` is scanned in order for the exact
+    answers; ``gather`` reads scattered rows (default: from ``vectors``)."""
     if len(q_rows) == 0:
         return index.nlist, 0, 1.0
-    q = _as_vectors(vectors[q_rows], index.d)
+    if gather is None:
+        def gather(rows: np.ndarray) -> np.ndarray:
+            return _as_vectors(vectors[rows], index.d)
+    q = gather(q_rows)
     gt_row, gt_score = _exact_nearest_other(vectors, q, q_rows, max(batch, 100_000), live)
     depths = [dp for dp in _RERANK_STEPS if index._store is not None or dp == 0]
     steps = [s for s in _NPROBE_STEPS if s < index.nlist] + [index.nlist]
@@ -617,7 +623,7 @@ def _tune(index: PQIndex, vectors: np.ndarray, q_rows: np.ndarray, target: float
                 has = rows >= 0
                 cand = rows[np.arange(len(rows)), np.argmax(has, axis=1)]
                 found = has.any(axis=1)
-                cs = np.einsum("ij,ij->i", q, _as_vectors(vectors[np.where(found, cand, 0)], index.d))
+                cs = np.einsum("ij,ij->i", q, gather(np.where(found, cand, 0)))
                 hit = found & ((cand == gt_row) | (cs >= gt_score - 1e-5))
                 recall = float(hit.mean())
                 if recall > fallback[3]:
