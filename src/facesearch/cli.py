@@ -740,7 +740,9 @@ def keys_retire(version: int, yes: bool, as_json: bool, home: str | None) -> Non
     if as_json:
         _emit_json(report.to_json())
     else:
-        click.echo(f"key version {report.retired} removed; the key file holds versions {report.remaining}")
+        click.echo(f"key version {report.retired} removed; the key file holds versions {report.remaining}"
+                   + (f"; {report.lockouts_rekeyed} accounts' lockout counters moved to the current version"
+                      if report.lockouts_rekeyed else ""))
 
 
 @keys.command("generate")

@@ -266,6 +266,13 @@ def test_an_old_key_version_is_retired_only_once_nothing_needs_it(tmp_path: Path
 
     with pytest.raises(KeyConfigurationError, match="current one"):
         retire(ctx.engine, ctx.keyring, source, 1)  # nothing to rotate to yet
+    # an account locked under key version 1 (and a name without an account), kept across the rotations
+    until = datetime.now(timezone.utc) + timedelta(minutes=10)
+    with ctx.repo() as repo:
+        for name in ("user1", "nobody"):
+            row = repo.lockout_for_update(name)
+            row.failures, row.window_started_at, row.locked_until = 5, until - timedelta(minutes=20), until
+    v1_key = ctx.keyring.blind_index("user", "user1", 1)
     rotate(ctx.engine, ctx.keyring, source, batch=3)
     assert ctx.keyring.versions == [1, 2]
     with ctx.repo() as repo:  # a value written under version 1 after all (a late writer)
@@ -280,11 +287,16 @@ def test_an_old_key_version_is_retired_only_once_nothing_needs_it(tmp_path: Path
     rotate(ctx.engine, ctx.keyring, source, batch=3)  # version 3 now; versions 1 and 2 unused
     r = cli("--version", "1", "--yes", "--json")
     assert r.returncode == 0, r.stderr
-    assert json.loads(r.stdout.strip().splitlines()[-1]) == {"retired": 1, "remaining": [2, 3]}
+    assert json.loads(r.stdout.strip().splitlines()[-1]) == {"retired": 1, "remaining": [2, 3],
+                                                             "lockouts_rekeyed": 1}
     assert (home / "keys" / "field.key").stat().st_mode & 0o777 == 0o600
     ctx.keyring.reload()
     assert ctx.keyring.versions == [2, 3]
     _check_readable(ctx)  # everything still reads, and sign-in lookups work
+    with ctx.repo() as repo:  # the account's lock outlives the version it was keyed under
+        row = repo.lockout("user1")
+        assert row is not None and row.key == ctx.keyring.blind_index("user", "user1") != v1_key
+        assert row.failures == 5 and row.locked_until.replace(tzinfo=timezone.utc) == until
     with pytest.raises(KeyConfigurationError, match="no key version 1"):
         retire(ctx.engine, ctx.keyring, source, 1)
     env_source = type(source)(env_key="1:" + base64.b64encode(os.urandom(32)).decode(), key_file=source.key_file)

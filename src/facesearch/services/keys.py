@@ -387,9 +387,10 @@ def rotate(engine: Engine, keyring: Keyring, source: KeySource, batch: int = 200
 class RetireReport:
     retired: int
     remaining: list[int]
+    lockouts_rekeyed: int = 0  # accounts' lockout counters moved off the retired version
 
     def to_json(self) -> dict[str, object]:
-        return {"retired": self.retired, "remaining": self.remaining}
+        return {"retired": self.retired, "remaining": self.remaining, "lockouts_rekeyed": self.lockouts_rekeyed}
 
 
 def retire(engine: Engine, keyring: Keyring, source: KeySource, version: int) -> RetireReport:
@@ -413,11 +414,48 @@ def retire(engine: Engine, keyring: Keyring, source: KeySource, version: int) ->
     if left:
         raise KeyConfigurationError(f"{left} stored values are still under key version {version}: "
                                     "run `facesearch keys rotate` first")
+    rekeyed = _rekey_lockouts(engine, keyring, version)
     material = keyring.material
     kept = [v for v in material.versions if v.version != version]
     write_key_file(source.key_file, kept, dev=material.dev_generated)
     keyring.reload()
-    return RetireReport(version, [v.version for v in kept])
+    return RetireReport(version, [v.version for v in kept], rekeyed)
+
+
+def _stamp(row: Any) -> Any:
+    """The latest time a lockout row records (its lock's end or its window's start)."""
+    return max((t for t in (row.locked_until, row.window_started_at) if t is not None), default=None)
+
+
+def _rekey_lockouts(engine: Engine, keyring: Keyring, version: int) -> int:
+    """Move accounts' lockout counters kept under ``version``'s blind index of the user name to
+    the current version's, so that retiring ``version`` does not end a lock early. (Rotation
+    cannot do this: a lockout row holds only the blind index. Here the names come from the
+    accounts; counters of names without an account are left, and stop counting once the
+    version is gone: there is no account behind them to guess a password for.)"""
+    from facesearch.store.tables import User
+
+    aad = "users.username_key"
+    lk = Lockout.__table__
+    moved = 0
+    with engine.begin() as conn:
+        stored = conn.execute(select(type_coerce(User.__table__.c.username_key, Text))).scalars().all()
+        for value in stored:
+            name = normalise_user_name(keyring.decrypt_text(value, aad) if is_encrypted_text(value) else value)
+            old, new = keyring.blind_index("user", name, version), keyring.blind_index("user", name)
+            row = conn.execute(select(lk).where(lk.c.key == old)).one_or_none()
+            if row is None or old == new:
+                continue
+            current = conn.execute(select(lk).where(lk.c.key == new)).one_or_none()
+            conn.execute(delete(lk).where(lk.c.key.in_([old, new])))
+            keep = row  # both exist (a sign-in attempt since the rotation): the later counters win
+            if current is not None and _stamp(current) is not None and (
+                    _stamp(row) is None or _stamp(current) > _stamp(row)):
+                keep = current
+            conn.execute(insert(lk).values(key=new, failures=keep.failures, window_started_at=keep.window_started_at,
+                                           locked_until=keep.locked_until))
+            moved += 1
+    return moved
 
 
 def not_under(engine: Engine, target: int) -> int:
