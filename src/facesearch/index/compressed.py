@@ -555,7 +555,10 @@ class PQIndex(_FaissIndex):
 
         nq = min(int(tune_queries), n - 1)
         held = perm[ntrain:ntrain + nq] if n - ntrain >= nq else perm[n - nq:]
-        nprobe, depth, recall = _tune(out, vectors, np.sort(held), float(target_recall), batch)
+        # scattered rows from the float16 store when there is one: a memory-mapped input (the
+        # manager's streamed builds, the benchmark's data) would read ahead megabytes per row
+        nprobe, depth, recall = _tune(out, vectors, np.sort(held), float(target_recall), batch,
+                                      gather=store.get if store is not None else None)
         out._p = PQParams(**{**asdict(p), "nprobe": nprobe, "rerank_depth": depth,
                              "tuned_recall_at_1": recall})
         out._apply(nprobe)
