@@ -34,7 +34,7 @@ from facesearch.store.crypto import (KeyError_, Keyring, KeySource, KeyVersion, 
                                      new_master, parse_keyring, text_blob, write_key_file,
                                      write_key_file_exclusive)
 from facesearch.store.fields import EncryptedText
-from facesearch.store.tables import Base, CryptoState, ErasureRequest, Lockout, ProbeImage, Suppression
+from facesearch.store.tables import Base, CryptoState, ErasureRequest, Lockout, ProbeImage, Suppression, User
 from facesearch.store.repository import utcnow
 
 PLAINTEXT_DONE = "plaintext_encrypted"
@@ -433,27 +433,23 @@ def _rekey_lockouts(engine: Engine, keyring: Keyring, version: int) -> int:
     cannot do this: a lockout row holds only the blind index. Here the names come from the
     accounts; counters of names without an account are left, and stop counting once the
     version is gone: there is no account behind them to guess a password for.)"""
-    from facesearch.store.tables import User
-
-    aad = "users.username_key"
+    column = User.__table__.c.username_key
     lk = Lockout.__table__
     moved = 0
     with engine.begin() as conn:
-        stored = conn.execute(select(type_coerce(User.__table__.c.username_key, Text))).scalars().all()
-        for value in stored:
-            name = normalise_user_name(keyring.decrypt_text(value, aad) if is_encrypted_text(value) else value)
+        for value in conn.execute(select(type_coerce(column, Text))).scalars().all():
+            name = normalise_user_name(keyring.decrypt_text(value, column.type.aad) if is_encrypted_text(value) else value)
             old, new = keyring.blind_index("user", name, version), keyring.blind_index("user", name)
-            row = conn.execute(select(lk).where(lk.c.key == old)).one_or_none()
-            if row is None or old == new:
+            rows = {r.key: r for r in conn.execute(select(lk).where(lk.c.key.in_([old, new])))}
+            if old == new or old not in rows:
                 continue
-            current = conn.execute(select(lk).where(lk.c.key == new)).one_or_none()
-            conn.execute(delete(lk).where(lk.c.key.in_([old, new])))
-            keep = row  # both exist (a sign-in attempt since the rotation): the later counters win
-            if current is not None and _stamp(current) is not None and (
-                    _stamp(row) is None or _stamp(current) > _stamp(row)):
-                keep = current
-            conn.execute(insert(lk).values(key=new, failures=keep.failures, window_started_at=keep.window_started_at,
-                                           locked_until=keep.locked_until))
+            later = new in rows and _stamp(rows[new]) is not None and (
+                _stamp(rows[old]) is None or _stamp(rows[new]) > _stamp(rows[old]))
+            if later:  # both exist (a race at sign-in): the newer counters stay
+                conn.execute(delete(lk).where(lk.c.key == old))
+            else:
+                conn.execute(delete(lk).where(lk.c.key == new))
+                conn.execute(update(lk).where(lk.c.key == old).values(key=new))
             moved += 1
     return moved
 
