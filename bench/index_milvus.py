@@ -12,7 +12,8 @@ Per N and index type: insert rate through ``MilvusIndex.add_with_ids`` (batches 
 presence check, then insert), the time to seal and index all rows (flush, then wait until the
 index covers them), p50/p99 latency of single queries (k=10, one query per call, Strong
 consistency as the application runs, and Bounded for comparison), batch throughput (all
-queries in one call), recall@1 and recall@10 against exact search. The HNSW rows sweep ``ef``.
+queries in one call), recall@1 and recall@10 against exact search. The HNSW rows sweep ``ef``
+(``--ef``), the IVF_* rows ``nprobe`` (``--nprobe``).
 Rows go to ``bench/results/index-milvus.json`` and the table ``index-milvus.md``.
 """
 from __future__ import annotations
