@@ -1,7 +1,7 @@
 """The ``VectorIndex`` contract, run against every backend.
 
 faiss exact (``FlatIndex``), faiss compressed (``IVFIndex``, and ``PQIndex`` from
-``index/compressed.py`` where present) and Milvus (a real standalone server, one per session)
+``index/compressed.py`` where present: fast-scan lists in memory and 8-bit lists on disk) and Milvus (a real standalone server, one per session)
 must behave the same: add, search, delete (a deleted face is never returned afterwards),
 persistence (save and reopen), tenant scoping (a query scoped to one gallery/agency never
 sees another's faces) and recall against exact search on seeded identity clusters.
@@ -88,17 +88,21 @@ def _ivf(tenant: Tenant, x: np.ndarray, ids: np.ndarray, tmp: Path) -> VectorInd
     return IVFIndex.build(x, ids, target_recall=0.99)
 
 
-def _pq_backend() -> Backend | None:
+def _pq_backend(on_disk: bool = False) -> Backend | None:
+    """IVF-PQ as ``choose_kind`` builds it: 4-bit fast-scan lists in memory, or (``on_disk``)
+    8-bit lists memory-mapped from disk."""
     try:
         from facesearch.index.compressed import PQIndex
     except ImportError:
         return None
 
     def make(tenant: Tenant, x: np.ndarray, ids: np.ndarray, tmp: Path) -> VectorIndex:
-        return PQIndex.build(x, ids, storage=tmp / f"pq-g{tenant.gallery_id}", target_recall=0.99)
+        return PQIndex.build(x, ids, storage=tmp / f"pq-g{tenant.gallery_id}", target_recall=0.99,
+                             on_disk=on_disk)
 
     # its tuning targets recall@1 and may pick a re-rank depth of 16 (recall@10 ~0.87 here)
-    return Backend("faiss-pq", make, _faiss_reopen, exact=False, min_recall1=0.95, min_recall10=0.8)
+    return Backend("faiss-pq-ondisk" if on_disk else "faiss-pq", make, _faiss_reopen,
+                   exact=False, min_recall1=0.95, min_recall10=0.8)
 
 
 _gallery_ids = itertools.count(1000)
@@ -122,7 +126,7 @@ def _milvus_backend(uri: str, model: str) -> Backend:
     return Backend("milvus", make, reopen, exact=False, min_recall1=0.95, min_recall10=0.9)
 
 
-BACKENDS = ["faiss-flat", "faiss-ivf", "faiss-pq", "milvus"]
+BACKENDS = ["faiss-flat", "faiss-ivf", "faiss-pq", "faiss-pq-ondisk", "milvus"]
 
 
 @pytest.fixture(params=BACKENDS)
@@ -132,8 +136,8 @@ def backend(request: pytest.FixtureRequest) -> Backend:
         return Backend(name, _flat, _faiss_reopen, exact=True, min_recall1=1.0, min_recall10=1.0)
     if name == "faiss-ivf":
         return Backend(name, _ivf, _faiss_reopen, exact=False, min_recall1=0.95, min_recall10=0.9)
-    if name == "faiss-pq":
-        b = _pq_backend()
+    if name in ("faiss-pq", "faiss-pq-ondisk"):
+        b = _pq_backend(on_disk=name == "faiss-pq-ondisk")
         if b is None:
             pytest.skip("index/compressed.py (PQIndex) is not in this tree")
         return b

@@ -367,6 +367,8 @@ def test_choose_kind_follows_gallery_size():
     assert choose_kind(1_000_000, d, 50_000, ram_budget=200 * 2**20) == "ivfpq"
     # (32 + 16) bytes per face at 128-d: 50M fit the default 4 GiB, 100M do not
     assert pq_m(128) == 32 and pq_m(512) == 64
+    assert pq_m(128, 4) == 64 and pq_m(512, 4) == 128  # 4-bit codes: same bytes per face
+    assert pq_m(100, 4) == 50 and pq_m(50, 4) == 10 and pq_m(7, 4) == 0  # even divisors only
     assert choose_kind(50_000_000, 128, 50_000) == "ivfpq"
     assert choose_kind(100_000_000, 128, 50_000) == "ivfpq-ondisk"
     assert choose_kind(100_000_000, 128, 50_000, ram_budget=8 * 2**30) == "ivfpq"
@@ -391,7 +393,9 @@ def test_pq_recall_against_exact(pq_built, pq_data):
     x, ids, q = pq_data
     p = pq_built.params
     assert pq_built.ntotal == PQ_N and p.tuned_recall_at_1 >= 0.97
-    assert p.m == pq_m(PQ_D) and 1 <= p.nprobe <= p.nlist
+    # lists in memory: 4-bit fast-scan codes, twice the sub-quantizers for the same bytes
+    assert p.bits == 4 and p.m == pq_m(PQ_D, 4) == 2 * pq_m(PQ_D) and 1 <= p.nprobe <= p.nlist
+    assert isinstance(pq_built._ivf, faiss.IndexIVFPQFastScan) and "x4fs" in pq_built.kind
     assert _r1(pq_built, x, ids, q) >= 0.95
     # scores of re-ranked results are (float16) inner products
     D, I = pq_built.search(q[:5], 3)
@@ -462,13 +466,20 @@ def _prefetch_threads(idx: PQIndex) -> int:
     return int(faiss.downcast_InvertedLists(idx._ivf.invlists).prefetch_nthread)
 
 
-def test_ondisk_lists_reopen(pq_data, pq_built, tmp_path: Path):
+def test_ondisk_lists_reopen(pq_data, tmp_path: Path):
     x, ids, q = pq_data
     idx = PQIndex.build(x, ids, storage=tmp_path / "od", target_recall=0.95, on_disk=True, seed=4)
     assert idx.params.on_disk and "ondisk" in idx.kind
+    assert idx.params.bits == 8 and type(idx._ivf) is faiss.IndexIVFPQ  # fast-scan lists live in RAM
     lists = tmp_path / "od.ivfdata"
     assert lists.stat().st_size >= PQ_N * idx.params.m
-    assert idx.memory_bytes() + PQ_N * (idx.params.m + 8) <= pq_built.memory_bytes()  # codes not resident
+    # codes not resident: against the same index with its 8-bit lists in memory
+    ram = PQIndex.build(x, ids, storage=tmp_path / "ram", target_recall=0.95, fast_scan=False, seed=4)
+    assert ram.params.m == idx.params.m and not ram.params.on_disk
+    assert idx.memory_bytes() + PQ_N * (idx.params.m + 8) <= ram.memory_bytes()
+    del ram
+    with pytest.raises(IndexError_, match="fast-scan"):
+        PQIndex.build(x, ids, storage=tmp_path / "x", on_disk=True, fast_scan=True)
     _, I = idx.search(q, 10)
     idx.save(tmp_path / "od.faiss")
     back = load_index(tmp_path / "od.faiss")
@@ -522,7 +533,7 @@ def test_retune_ignores_removed_faces(pq_data, tmp_path: Path):
 
 def test_move_lists_to_disk_keeps_every_result(pq_data, tmp_path: Path):
     x, ids, q = pq_data
-    idx = PQIndex.build(x, ids, storage=tmp_path / "m", target_recall=0.95, seed=7)
+    idx = PQIndex.build(x, ids, storage=tmp_path / "m", target_recall=0.95, seed=7, fast_scan=False)
     D1, I1 = idx.search(q, 10)
     ram = idx.memory_bytes()
     lists = idx.move_lists_to_disk()
@@ -539,6 +550,58 @@ def test_move_lists_to_disk_keeps_every_result(pq_data, tmp_path: Path):
     back = load_index(tmp_path / "m.faiss")
     assert back.params.on_disk and back.ntotal == PQ_N + 1
     np.testing.assert_array_equal(back.search(q, 10)[1][:, :5], idx.search(q, 10)[1][:, :5])
+
+
+def test_fast_scan_adds_after_removals_are_found(pq_data, tmp_path: Path):
+    """faiss leaves a removed fast-scan entry's codes in the freed slot, and a later add ORs its
+    codes into it: without ``_clear_block_tails`` about 40% of these adds are not found."""
+    x, ids, _ = pq_data
+    n = 6000
+    idx = PQIndex.build(x[:n], ids[:n], storage=tmp_path / "fs", target_recall=0.9, seed=9)
+    assert idx.params.bits == 4
+    assert idx.remove_ids(ids[:2500]) == 2500  # slots freed in most lists' last block
+    new = np.arange(10**6, 10**6 + 1500)
+    idx.add_with_ids(x[n:n + 1500], new)
+    idx.set_search(nprobe=idx.nlist, rerank_depth=0)  # every list, PQ scores only
+    _, I = idx.search(x[n:n + 1500], 1)
+    assert (I[:, 0] == new).mean() >= 0.98
+    _, J = idx.search(x[2500:n], 1)  # the faces moved into the holes are intact as well
+    assert (J[:, 0] == ids[2500:n]).mean() >= 0.98
+    assert not np.isin(J, ids[:2500]).any()
+
+
+def test_fast_scan_lists_cannot_move_to_disk(pq_built):
+    with pytest.raises(IndexError_, match="rebuild"):
+        pq_built.move_lists_to_disk()
+    assert not pq_built.params.on_disk
+
+
+def test_8bit_index_saved_before_fast_scan_still_loads(pq_data, tmp_path: Path):
+    """Headers written before fast-scan existed have no ``bits``: they load as 8-bit PQ."""
+    import json
+    import struct
+    import zlib
+
+    x, ids, q = pq_data
+    idx = PQIndex.build(x[:3000], ids[:3000], storage=tmp_path / "o", target_recall=0.9,
+                        fast_scan=False, seed=8)
+    path = tmp_path / "o.faiss"
+    idx.save(path)
+    raw = path.read_bytes()
+    hlen, _ = struct.unpack("<II", raw[8:16])
+    header = json.loads(raw[16:16 + hlen])
+    assert header["params"].pop("bits") == 8
+    hb = json.dumps(header, sort_keys=True).encode()
+    path.write_bytes(raw[:8] + struct.pack("<II", len(hb), zlib.crc32(hb)) + hb + raw[16 + hlen:])
+    back = load_index(path)
+    assert isinstance(back, PQIndex) and back.params == idx.params and back.params.bits == 8
+    np.testing.assert_array_equal(back.search(q, 5)[1], idx.search(q, 5)[1])
+    # a header that claims 4-bit codes over an 8-bit faiss index is refused, not misread
+    header["params"]["bits"] = 4
+    hb = json.dumps(header, sort_keys=True).encode()
+    path.write_bytes(raw[:8] + struct.pack("<II", len(hb), zlib.crc32(hb)) + hb + raw[16 + hlen:])
+    with pytest.raises(IndexError_, match="IndexIVFPQFastScan"):
+        load_index(path)
 
 
 class _FakeRepo:

@@ -1,9 +1,16 @@
 """Compressed embedded index for very large galleries (millions to ~100M faces on one machine).
 
-``PQIndex``: an inverted file with product-quantised codes (``IndexIVFPQ``), an HNSW coarse
-quantizer when there are many lists (a flat one otherwise), optionally its inverted lists on
-disk (``OnDiskInvertedLists``, memory-mapped), and optional re-ranking of the top candidates
-with the full vectors, kept on disk as float16 (``np.memmap``; 2 x d bytes per face).
+``PQIndex``: an inverted file with product-quantised codes, an HNSW coarse quantizer when there
+are many lists (a flat one otherwise), optionally its inverted lists on disk
+(``OnDiskInvertedLists``, memory-mapped), and optional re-ranking of the top candidates with the
+full vectors, kept on disk as float16 (``np.memmap``; 2 x d bytes per face).
+
+Codes
+    Lists in memory hold 4-bit fast-scan codes (``IndexIVFPQFastScan``: twice as many
+    sub-quantizers as 8-bit PQ for the same bytes per face, scanned 32 codes at a time with
+    SIMD table look-ups); lists on disk hold 8-bit codes (``IndexIVFPQ``), since faiss keeps
+    fast-scan codes in interleaved blocks that only its in-memory lists can hold. See
+    ``bench/results/index-notes.md`` for the measurement behind the choice.
 
 Layout and ids
     faiss holds *row numbers* (0, 1, 2, ... in insertion order), not database ids; ``rows``
@@ -70,15 +77,19 @@ _HNSW_MIN_NLIST = 4096  # use an HNSW coarse quantizer from this many lists
 _HNSW_M = 32
 
 
-def pq_m(d: int) -> int:
-    """PQ sub-quantizers: 4 dimensions each up to 128-d (32 bytes per face at 128-d), 8 each
-    above (64 bytes at 512-d); always a divisor of ``d``."""
+def pq_m(d: int, bits: int = 8) -> int:
+    """PQ sub-quantizers: 8-bit codes have 4 dimensions each up to 128-d (32 bytes per face at
+    128-d) and 8 each above (64 bytes at 512-d); 4-bit fast-scan codes twice as many, for the
+    same bytes per face, rounded to an even number (faiss packs two per byte); always a
+    divisor of ``d``, and 0 for 4-bit codes when ``d`` has no even divisor."""
     target = d // 4 if d <= 128 else d // 8
+    if bits == 4:
+        target *= 2
     target = max(1, target)
     for m in range(target, 0, -1):
-        if d % m == 0:
+        if d % m == 0 and (bits == 8 or m % 2 == 0):
             return m
-    return 1
+    return 1 if bits == 8 else 0
 
 
 def pq_nlist(n: int) -> int:
@@ -109,6 +120,7 @@ class PQParams:
     target_recall: float
     tuned_recall_at_1: float
     storage: str  # prefix of the on-disk files ("" when there are none)
+    bits: int = 8  # bits per sub-quantizer code: 8 (IndexIVFPQ) or 4 (IndexIVFPQFastScan)
 
 
 # --------------------------------------------------------------------------- float16 store
@@ -173,7 +185,8 @@ class PQIndex(_FaissIndex):
 
     _type = "ivfpq"
 
-    def __init__(self, index: faiss.IndexIVFPQ, rows: np.ndarray, params: PQParams,
+    def __init__(self, index: faiss.IndexIVFPQ | faiss.IndexIVFPQFastScan, rows: np.ndarray,
+                 params: PQParams,
                  store: _VectorStore | None) -> None:
         super().__init__(index)
         self._ivf = index
@@ -214,6 +227,8 @@ class PQIndex(_FaissIndex):
     @property
     def kind(self) -> str:
         s = f"ivf{self.nlist}_{self._p.coarse},pq{self._p.m}"
+        if self._p.bits == 4:
+            s += "x4fs"
         if self._p.on_disk:
             s += ",ondisk"
         s += f",nprobe={self.nprobe}"
@@ -239,7 +254,8 @@ class PQIndex(_FaissIndex):
         """Approximate resident bytes: lists (unless on disk), row map, coarse quantizer."""
         lists = 0 if self._p.on_disk else self.ntotal * (self._ivf.code_size + 8)
         quant = self.nlist * self.d * 4 * (2 if self._p.coarse == "hnsw" else 1)
-        tables = int(self._ivf.precomputed_table.size()) * 4  # nlist x M x 256 floats (L2 IVFPQ)
+        # nlist x M x 256 floats (L2 IVFPQ); fast-scan builds its tables per query
+        tables = int(self._ivf.precomputed_table.size()) * 4
         return int(lists + self._n_rows * 8 + quant + 256 * self.d * 4 + tables)
 
     def disk_bytes(self) -> int:
@@ -318,6 +334,9 @@ class PQIndex(_FaissIndex):
         gallery whose lists no longer fit the RAM budget. Returns the lists' file."""
         if self._p.on_disk:
             return Path(self._p.storage + ".ivfdata")
+        if self._p.bits == 4:
+            raise IndexError_("4-bit fast-scan lists are kept in memory only; rebuild the index "
+                              "with its lists on disk (8-bit codes)")
         if not self._p.storage:
             raise IndexError_("moving the lists to disk needs a storage path (build with re-ranking)")
         path = Path(self._p.storage + ".ivfdata")
@@ -379,9 +398,41 @@ class PQIndex(_FaissIndex):
         rows = self._rows_of(iv)
         if not len(rows):
             return 0
+        before = self._list_sizes() if self._p.bits == 4 else None
         n = int(self._ivf.remove_ids(faiss.IDSelectorBatch(rows)))
+        if before is not None:
+            self._clear_block_tails(before)
         self._buf[rows] = -1  # the sorted copy stays valid: lookups re-check the row
         return n
+
+    def _list_sizes(self) -> np.ndarray:
+        lists = self._ivf.invlists
+        return np.fromiter((lists.list_size(i) for i in range(self.nlist)), dtype=np.int64,
+                           count=self.nlist)
+
+    def _clear_block_tails(self, before: np.ndarray) -> None:
+        """Zero the slots a removal freed at the end of each shrunk fast-scan list.
+
+        faiss' ``BlockInvertedLists.remove_ids`` fills each hole with the list's last entry and
+        shrinks the list, but leaves that entry's 4-bit codes in its old slot of the last block;
+        a later add ORs new codes into the block (it expects free slots to be zero), so faces
+        added after a removal got corrupted codes and were not found (faiss 1.15: about 40% of
+        a batch added after removing 500 of 8,000 faces). Only the partial last block needs it:
+        whole blocks are dropped by the shrink and zeroed when they are allocated again."""
+        after = self._list_sizes()
+        changed = np.flatnonzero(after < before)
+        if not len(changed):
+            return
+        packer = self._ivf.get_CodePacker()
+        zero = np.zeros(int(packer.code_size), dtype=np.uint8)
+        per_block = int(packer.nvec)
+        for ln in changed:
+            size = int(after[ln])
+            end = -(-size // per_block) * per_block
+            if end > size:
+                codes = self._ivf.invlists.get_codes(int(ln))
+                for slot in range(size, end):
+                    packer.pack_1_c(faiss.swig_ptr(zero), slot, codes)
 
     # ------------------------------------------------------------------ search
 
@@ -445,10 +496,12 @@ class PQIndex(_FaissIndex):
         fi = np.frombuffer(raw, dtype=np.uint8, count=flen, offset=8)
         rows = np.frombuffer(raw, dtype="<i8", offset=8 + flen).astype(np.int64)
         index = faiss.deserialize_index(fi)
-        if not isinstance(index, faiss.IndexIVFPQ):
-            raise ValueError(f"expected IndexIVFPQ, found {type(index).__name__}")
-        fields = {k: params[k] for k in PQParams.__dataclass_fields__}
+        # headers written before fast-scan existed have no "bits": they are 8-bit
+        fields = {k: params[k] for k in PQParams.__dataclass_fields__ if k in params}
         p = PQParams(**fields)
+        expected = faiss.IndexIVFPQFastScan if p.bits == 4 else faiss.IndexIVFPQ
+        if not isinstance(index, expected):
+            raise ValueError(f"expected {expected.__name__}, found {type(index).__name__}")
         if len(rows) != int(params.get("n_rows", len(rows))):
             raise ValueError("row map length does not match the header")
         store = None
@@ -475,6 +528,7 @@ class PQIndex(_FaissIndex):
         rerank: bool = True,
         nlist: int | None = None,
         m: int | None = None,
+        fast_scan: bool | None = None,
         train_per_list: int = 40,
         tune_queries: int = 1000,
         batch: int = 200_000,
@@ -486,7 +540,8 @@ class PQIndex(_FaissIndex):
         ``vectors`` may be an ``np.memmap`` (any float dtype, unit rows); it is read in
         batches of ``batch`` rows, never converted whole. ``storage`` is the prefix of the
         on-disk files (required with ``on_disk`` or ``rerank``); existing files there are
-        replaced.
+        replaced. ``fast_scan`` (4-bit codes) defaults to lists in memory; it cannot be
+        combined with ``on_disk``.
         """
         if vectors.ndim != 2 or vectors.shape[1] < 1:
             raise IndexError_(f"vectors must be a 2-D array (n, d), got shape {vectors.shape}")
@@ -497,10 +552,15 @@ class PQIndex(_FaissIndex):
             raise IndexError_("cannot build a PQ index from zero vectors")
         if (on_disk or rerank) and storage is None:
             raise IndexError_("a PQ index with on-disk lists or re-ranking needs a storage path")
+        fast = (not on_disk and pq_m(d, 4) > 0) if fast_scan is None else bool(fast_scan)
+        if fast and on_disk:
+            raise IndexError_("4-bit fast-scan codes cannot be kept in on-disk lists")
+        bits = 4 if fast else 8
         nl = pq_nlist(n) if nlist is None else int(nlist)
-        mm = pq_m(d) if m is None else int(m)
-        if d % mm:
-            raise IndexError_(f"PQ sub-quantizers ({mm}) must divide the dimension ({d})")
+        mm = pq_m(d, bits) if m is None else int(m)
+        if mm < 1 or d % mm or (fast and mm % 2):
+            raise IndexError_(f"PQ sub-quantizers ({mm}) must divide the dimension ({d})"
+                              + (" and be even for 4-bit codes" if fast else ""))
         if n < 256 * 4:
             raise IndexError_(f"a PQ index needs at least 1024 vectors to train, got {n}")
         rng = np.random.default_rng(seed)
@@ -509,7 +569,10 @@ class PQIndex(_FaissIndex):
 
         # unit vectors: L2 order == inner-product order, and L2 IVFPQ has precomputed tables
         quantizer = faiss.IndexHNSWFlat(d, _HNSW_M) if coarse == "hnsw" else faiss.IndexFlatL2(d)
-        ivf = faiss.IndexIVFPQ(quantizer, d, nl, mm, 8)
+        if fast:
+            ivf = faiss.IndexIVFPQFastScan(quantizer, d, nl, mm, 4)
+        else:
+            ivf = faiss.IndexIVFPQ(quantizer, d, nl, mm, 8)
         ivf.own_fields = True
         quantizer.this.disown()
         ivf.cp.seed = int(seed)
@@ -518,7 +581,8 @@ class PQIndex(_FaissIndex):
         # PQ k-means (256 centroids per sub-space) dominates training time on small machines:
         # 10 iterations on at most 64 points per centroid lose little at 4-8 dims per sub-space
         ivf.pq.cp.niter = 10
-        ivf.pq.cp.max_points_per_centroid = 48
+        # (4-bit codes have 16 centroids per sub-space: a few thousand points each stay cheap)
+        ivf.pq.cp.max_points_per_centroid = 256 if fast else 48
         if coarse == "hnsw":
             quantizer.hnsw.efConstruction = 40
             quantizer.hnsw.efSearch = 64
@@ -544,7 +608,7 @@ class PQIndex(_FaissIndex):
 
         p = PQParams(nlist=nl, m=mm, coarse=coarse, on_disk=on_disk, rerank=rerank, nprobe=1,
                      rerank_depth=0, trained_n=n, target_recall=float(target_recall),
-                     tuned_recall_at_1=0.0, storage=prefix)
+                     tuned_recall_at_1=0.0, storage=prefix, bits=bits)
         out = cls(ivf, np.empty(0, dtype=np.int64), p, store)
         for s in range(0, n, batch):
             e = min(n, s + batch)

@@ -29,9 +29,10 @@ Selection rule (``choose_kind``), for ``n`` faces of dimension ``d``:
 - ``flat`` (exact) when ``n <= exact_max`` (FACESEARCH_EXACT_MAX);
 - ``ivf`` (IVF, fp16 codes, 2d+8 bytes per face) when ``n <= sq_max`` (FACESEARCH_SQ_MAX)
   and ``n * (2d+8)`` fits ``ram_budget`` (FACESEARCH_INDEX_RAM_GIB);
-- ``ivfpq`` (IVF-PQ, ``pq_m(d)``+8 bytes per face resident, re-ranked with float16 vectors on
-  disk) when its lists fit ``ram_budget``;
-- ``ivfpq-ondisk`` (the same with the inverted lists memory-mapped from disk) otherwise.
+- ``ivfpq`` (IVF-PQ with 4-bit fast-scan codes, ``pq_bytes_per_face(d)`` bytes per face
+  resident, re-ranked with float16 vectors on disk) when its lists fit ``ram_budget``;
+- ``ivfpq-ondisk`` (8-bit PQ codes, the inverted lists memory-mapped from disk) otherwise:
+  faiss keeps fast-scan codes only in its in-memory block lists.
 
 ``ivfpq`` needs a ``storage`` prefix for its on-disk files (the manager gives one).
 
