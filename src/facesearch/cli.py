@@ -856,8 +856,9 @@ def index_migrate(to: str, gallery: str | None, sample: int, batch: int, as_json
 def index_tune(gallery: str | None, target_recall: float | None, queries: int, as_json: bool,
                home: str | None) -> None:
     """Choose a compressed (IVF-PQ) index's search settings again for a target recall, without
-    rebuilding it: the build's measurement, repeated on the index's own vectors. Stop the server
-    first, or restart it afterwards (it keeps its indexes in memory)."""
+    rebuilding it: the build's measurement, repeated on the index's own vectors. A running
+    server picks the new settings up on its next search of that gallery, unless it ingested or
+    erased faces there while the tuning ran (it then keeps its own copy: tune again)."""
     from facesearch.services.index_tune import tune_indexes
 
     for r in _reports(home, lambda ctx: tune_indexes(ctx, gallery, target_recall=target_recall,

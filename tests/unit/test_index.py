@@ -639,6 +639,40 @@ def test_manager_builds_compressed_streamed_and_cleans_old_files(pq_data, tmp_pa
     assert not list(tmp_path.iterdir())
 
 
+def test_manager_picks_up_an_index_tuned_by_another_process(pq_data, tmp_path: Path, caplog):
+    """A server's manager holds the index in memory; ``index tune`` in another process saves
+    new settings. The server's next ``get`` uses them, and its own saves keep them."""
+    x, ids, q = pq_data
+    repo = _FakeRepo(x[:3000], ids[:3000])
+    server = IndexManager(tmp_path, exact_max=1000, target_recall=0.99, sq_max=2000)
+    key = IndexKey(1, "m")
+    held = server.get(repo, key, PQ_D)
+    assert server.get(repo, key, PQ_D) is held  # nothing changed on disk: the same object
+    cli = IndexManager(tmp_path, exact_max=1000, target_recall=0.99, sq_max=2000)
+    _, (nprobe, depth, _) = cli.tune(repo, key, PQ_D, 0.8, queries=300)
+    now = server.get(repo, key, PQ_D)
+    assert now is not held and now.params.target_recall == 0.8
+    assert (now.nprobe, now.rerank_depth) == (nprobe, depth)
+    # the server's next write keeps the tuned settings
+    server.add(key, x[3000:3100], ids[3000:3100])
+    server.save(key)
+    repo.x, repo.ids = x[:3100], ids[:3100]
+    reopened = IndexManager(tmp_path, exact_max=1000, target_recall=0.99, sq_max=2000).get(repo, key, PQ_D)
+    assert reopened.ntotal == 3100 and reopened.params.target_recall == 0.8
+    # a file saved with faces the server has not seen is not adopted (and nothing is rebuilt)
+    other = IndexManager(tmp_path, exact_max=1000, target_recall=0.99, sq_max=2000)
+    other.get(repo, key, PQ_D)
+    other.add(key, x[3100:3200], ids[3100:3200])
+    other.save(key)
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="facesearch.index.manager"):
+        mine = server.get(repo, key, PQ_D)
+    assert mine is now and mine.ntotal == 3100
+    assert "keeping the one in memory" in caplog.text
+    caplog.clear()
+    assert server.get(repo, key, PQ_D) is mine and not caplog.text  # one warning per change
+
+
 def test_manager_tune_saves_the_new_settings(pq_data, tmp_path: Path):
     x, ids, q = pq_data
     repo = _FakeRepo(x[:3000], ids[:3000])

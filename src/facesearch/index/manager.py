@@ -10,6 +10,13 @@ The kind of index follows the gallery's size (``factory.choose_kind``). A compre
 files of the index still being served; the old build's files are deleted once the new one is
 saved. Galleries large enough for IVF-PQ are read from the database into a temporary float16
 file rather than into memory.
+
+An index file written by another process (``facesearch index tune`` while the server runs) is
+picked up by the next ``get``: when its sidecar agrees with the index held in memory (same
+faces), the saved one replaces it, so its new search settings take effect and are not
+overwritten by this process's next save. When it disagrees (the other process added or removed
+faces this one has not seen), the copy in memory is kept and a warning logged; the usual count
+check settles it on the next start.
 """
 from __future__ import annotations
 
@@ -56,6 +63,7 @@ class IndexManager:
         self.ram_budget = ram_budget
         self._open: dict[IndexKey, VectorIndex] = {}
         self._max_id: dict[IndexKey, int] = {}
+        self._stamp: dict[IndexKey, tuple[tuple[int, int, int], ...]] = {}  # files as last seen
         self._lock = threading.RLock()
 
     def _paths(self, key: IndexKey) -> tuple[Path, Path]:
@@ -65,6 +73,8 @@ class IndexManager:
         """The gallery's index, loaded from disk if it agrees with the database, else rebuilt."""
         with self._lock:
             if key in self._open:
+                if self._files_stamp(key) != self._stamp.get(key):
+                    self._adopt_saved(key)
                 return self._open[key]
             count, max_id = repo.face_watermark(key.gallery_id, key.model_id)
             path, meta = self._paths(key)
@@ -89,7 +99,40 @@ class IndexManager:
                 self._remove_stale_files(key)
             self._open[key] = index
             self._max_id[key] = max_id
+            self._stamp[key] = self._files_stamp(key)
             return index
+
+    def _files_stamp(self, key: IndexKey) -> tuple[tuple[int, int, int], ...]:
+        """(inode, size, mtime) of the index file and its sidecar; zeros for a missing one."""
+        out = []
+        for p in self._paths(key):
+            try:
+                st = p.stat()
+                out.append((st.st_ino, st.st_size, st.st_mtime_ns))
+            except FileNotFoundError:
+                out.append((0, 0, 0))
+        return tuple(out)
+
+    def _adopt_saved(self, key: IndexKey) -> None:
+        """The files changed since this process last read or wrote them: take the saved index
+        when it holds the same faces as the one in memory (see module docstring)."""
+        stamp = self._files_stamp(key)
+        self._stamp[key] = stamp  # one attempt per change, not one per call
+        path, meta = self._paths(key)
+        current = self._open[key]
+        try:
+            m = json.loads(meta.read_text())
+            same = (m.get("count"), m.get("max_id")) == (current.ntotal, self._max_id.get(key, 0))
+            loaded = load_index(path) if same else None
+        except (IndexError_, ValueError, OSError) as e:  # half written, or removed meanwhile
+            log.debug("index files of gallery %s changed but are not readable yet (%s)", key, e)
+            return
+        if loaded is None or loaded.ntotal != current.ntotal or loaded.d != current.d:
+            log.warning("index of gallery %s was saved by another process with other faces; "
+                        "keeping the one in memory", key)
+            return
+        log.info("index of gallery %s was saved by another process (%s); using it", key, loaded.kind)
+        self._open[key] = loaded
 
     def _build(self, repo, key: IndexKey, dim: int, count: int) -> VectorIndex:  # noqa: ANN001
         if count == 0:
@@ -204,12 +247,14 @@ class IndexManager:
             tmp.write_text(json.dumps({"count": idx.ntotal, "max_id": self._max_id.get(key, 0),
                                        "kind": idx.kind, "d": idx.d}))
             os.replace(tmp, meta)
+            self._stamp[key] = self._files_stamp(key)
 
     def drop(self, key: IndexKey) -> None:
         """Forget an index and delete its files (a gallery that moved to another model)."""
         with self._lock:
             self._open.pop(key, None)
             self._max_id.pop(key, None)
+            self._stamp.pop(key, None)
             for p in self._paths(key):
                 p.unlink(missing_ok=True)
             self._remove_stale_files(key)

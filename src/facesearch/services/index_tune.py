@@ -8,7 +8,9 @@ setting that reaches it and saves it with the index. Exact and fp16 IVF indexes 
 not tuned (nothing to tune, or tuned at build time), Milvus galleries likewise (their search
 settings are ``FACESEARCH_MILVUS_*``).
 
-A server keeps its indexes in memory: run this while it is stopped, or restart it afterwards.
+A running server picks the saved settings up on its next use of the gallery's index
+(``IndexManager`` notices the file changed and adopts it when it holds the same faces); faces
+the server ingested or erased while the tuning ran make it keep its own copy (tune again).
 """
 from __future__ import annotations
 
