@@ -200,8 +200,11 @@ def build(name: str, x: np.ndarray, ids: np.ndarray, work: Path, target: float,
         bar.update(done - bar.n)
 
     try:
+        # "pq": the default codes for lists in memory (4-bit fast-scan); "pq8": 8-bit codes in
+        # memory, the earlier default, for comparison in the same run; "pq-ondisk": 8-bit codes
         return PQIndex.build(x, ids, storage=work / "g", target_recall=target,
-                             on_disk=name == "pq-ondisk", rerank=True, seed=seed, progress=progress)
+                             on_disk=name == "pq-ondisk", rerank=True, seed=seed, progress=progress,
+                             fast_scan=False if name == "pq8" else None)
     finally:
         bar.close()
 
@@ -211,16 +214,27 @@ def _kept(data_dir: Path, d: int, n: int, name: str) -> tuple[Path, bool]:
     return work, (work / "build.json").exists()  # build.json: written once the saved index is complete
 
 
+def _movable_source(data_dir: Path, d: int, n: int) -> Path | None:
+    """The folder of a kept index whose lists can move to disk: ``pq8``, else an old ``pq``."""
+    for name in ("pq8", "pq"):
+        work, ok = _kept(data_dir, d, n, name)
+        if ok:
+            return work
+    return None
+
+
 def _moved_to_disk(data_dir: Path, d: int, n: int, work: Path) -> tuple[PQIndex, float]:
-    """The kept ``pq`` index with its inverted lists moved to disk (``PQIndex.move_lists_to_disk``:
-    same training and codes), saved as the ``pq-ondisk`` index; its build time is the pq
-    build's plus the move."""
-    src, ok = _kept(data_dir, d, n, "pq")
-    if not ok:
-        raise SystemExit(f"--move-lists: no kept pq index under {src} (build one with --index pq --keep)")
+    """The kept 8-bit ``pq8`` index (or a ``pq`` index kept before fast-scan existed) with its
+    inverted lists moved to disk (``PQIndex.move_lists_to_disk``: same training and codes),
+    saved as the ``pq-ondisk`` index; its build time is the source's build plus the move.
+    4-bit fast-scan lists cannot move to disk."""
+    src = _movable_source(data_dir, d, n)
+    if src is None:
+        raise SystemExit(f"--move-lists: no kept 8-bit PQ index for n={n:,} d={d} under {data_dir} "
+                         "(build one with --index pq8 --keep)")
     idx = load_index(src / "index.faiss")
-    if not isinstance(idx, PQIndex):
-        raise SystemExit(f"--move-lists: {src} does not hold a PQ index")
+    if not isinstance(idx, PQIndex) or idx.params.bits != 8:
+        raise SystemExit(f"--move-lists: {src} does not hold an 8-bit PQ index")
     t = time.perf_counter()
     lists = idx.move_lists_to_disk()
     move_s = time.perf_counter() - t
@@ -247,7 +261,7 @@ def bench_one(n: int, d: int, nq: int, seed: int, names: list[str], target: floa
     gt_cache = data_dir / f"faces-{d}d-{n}-s{seed}.q{nq}.gt{K}.npy"
     # the gallery vectors are needed only to build, or for ground truth not cached yet
     all_kept = reuse and gt_cache.exists() and all(
-        _kept(data_dir, d, n, nm)[1] or (move_lists and nm == "pq-ondisk" and _kept(data_dir, d, n, "pq")[1])
+        _kept(data_dir, d, n, nm)[1] or (move_lists and nm == "pq-ondisk" and _movable_source(data_dir, d, n) is not None)
         for nm in todo)
     x, ids, q = make_data(n, d, nq, data_dir, seed, vectors=not all_kept)
     log(f"[n={n:,} d={d}] data ready ({time.perf_counter() - t:.1f}s)")
@@ -365,7 +379,9 @@ def write_markdown(path: Path, rows: list[dict[str, Any]], d: int, args: argpars
         f"- data: synthetic clustered unit vectors (~5 faces per identity), {args.queries} queries "
         "= fresh noisy samples of enrolled identities; k=10; vectors generated in chunks to a float16 file",
         "- indexes: `flat` exact; `ivf` IVF fp16 codes; `pq` IVF-PQ with float16 re-ranking from "
-        "a memory-mapped file; `pq-ondisk` the same with memory-mapped inverted lists; "
+        "a memory-mapped file, 4-bit fast-scan codes (`x4fs` in params) in memory; `pq8` the same "
+        "with 8-bit codes (rows measured before fast-scan existed are `pq8` too); `pq-ondisk` "
+        "8-bit codes in memory-mapped inverted lists; "
         "`(auto)` marks the kind `choose_kind` picks for that N with the default settings",
         "- RAM B/face: serialized index (flat, ivf) or resident structures (pq: lists unless on "
         "disk, row map, quantizers; the float16 vectors and on-disk lists are read through the "
@@ -438,7 +454,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--latency-queries", type=int, default=500,
                     help="queries timed one by one for p50/p99 (the first ones of --queries)")
     ap.add_argument("--target-recall", type=float, default=0.99)
-    ap.add_argument("--index", action="append", choices=["flat", "ivf", "pq", "pq-ondisk", "auto"],
+    ap.add_argument("--index", action="append", choices=["flat", "ivf", "pq", "pq8", "pq-ondisk", "auto"],
                     help="indexes to build (repeatable; default: auto)")
     ap.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)),
                     help="threads for build and batch search")
@@ -454,7 +470,7 @@ def main(argv: list[str] | None = None) -> int:
                     "rows named pq@nprobeN,rerankM)")
     ap.add_argument("--move-lists", action="store_true",
                     help="with --reuse --index pq-ondisk: when no pq-ondisk index was kept, move the "
-                    "kept pq index's lists to disk instead of building one")
+                    "kept pq8 index's lists to disk instead of building one")
     ap.add_argument("--retune", type=float, default=None, metavar="TARGET",
                     help="also re-tune each PQ index for this recall@1 (PQIndex.retune, the build's "
                     "measurement on the index's own vectors) and measure it (rows name@targetT)")
