@@ -2,11 +2,11 @@
 synthetic face-like embeddings, from 10k to 100M faces.
 
     python bench/index.py --n 10k --n 100k --n 1M --dim 128 --index flat --index ivf --index pq
-    python bench/index.py --n 10M --dim 128 --index pq          # vectors generated to disk once
-    python bench/index.py --n 100M --index pq --keep             # build once, keep it on disk
-    python bench/index.py --n 100M --index pq --reuse            # measure the kept index again
+    python bench/index.py --n 10M --dim 512 --index pq --index pq8   # fast-scan against 8-bit codes
+    python bench/index.py --n 100M --index pq8 --keep            # build once, keep it on disk
+    python bench/index.py --n 100M --index pq8 --reuse           # measure the kept index again
     python bench/index.py --n 100M --index pq-ondisk --reuse --move-lists --retune 0.95
-                        # the kept pq index with its lists moved to disk, re-tuned for 0.95
+                        # the kept pq8 index with its lists moved to disk, re-tuned for 0.95
     python bench/index.py --plot-only                            # redraw the plot from the JSON
 
 Data: unit vectors shaped like face embeddings: many identities (about 5 faces each, varying),
