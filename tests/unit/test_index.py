@@ -576,30 +576,35 @@ def test_fast_scan_lists_cannot_move_to_disk(pq_built):
     assert not pq_built.params.on_disk
 
 
+def _rewrite_header_params(path: Path, edit) -> None:  # noqa: ANN001 - edit(params dict)
+    """Change a saved index file's header params in place, with a valid header checksum."""
+    import json
+
+    from facesearch.index.faiss_backend import _MAGIC, _PREFIX, _atomic_write
+
+    raw = path.read_bytes()
+    start = len(_MAGIC) + _PREFIX.size
+    hlen, _ = _PREFIX.unpack(raw[len(_MAGIC):start])
+    header = json.loads(raw[start:start + hlen])
+    edit(header["params"])
+    _atomic_write(path, header, np.frombuffer(raw, dtype=np.uint8, offset=start + hlen))
+
+
 def test_8bit_index_saved_before_fast_scan_still_loads(pq_data, tmp_path: Path):
     """Headers written before fast-scan existed have no ``bits``: they load as 8-bit PQ."""
-    import json
-    import struct
-    import zlib
-
     x, ids, q = pq_data
     idx = PQIndex.build(x[:3000], ids[:3000], storage=tmp_path / "o", target_recall=0.9,
                         fast_scan=False, seed=8)
     path = tmp_path / "o.faiss"
     idx.save(path)
-    raw = path.read_bytes()
-    hlen, _ = struct.unpack("<II", raw[8:16])
-    header = json.loads(raw[16:16 + hlen])
-    assert header["params"].pop("bits") == 8
-    hb = json.dumps(header, sort_keys=True).encode()
-    path.write_bytes(raw[:8] + struct.pack("<II", len(hb), zlib.crc32(hb)) + hb + raw[16 + hlen:])
+    removed = []
+    _rewrite_header_params(path, lambda p: removed.append(p.pop("bits")))
+    assert removed == [8]
     back = load_index(path)
     assert isinstance(back, PQIndex) and back.params == idx.params and back.params.bits == 8
     np.testing.assert_array_equal(back.search(q, 5)[1], idx.search(q, 5)[1])
     # a header that claims 4-bit codes over an 8-bit faiss index is refused, not misread
-    header["params"]["bits"] = 4
-    hb = json.dumps(header, sort_keys=True).encode()
-    path.write_bytes(raw[:8] + struct.pack("<II", len(hb), zlib.crc32(hb)) + hb + raw[16 + hlen:])
+    _rewrite_header_params(path, lambda p: p.update(bits=4))
     with pytest.raises(IndexError_, match="IndexIVFPQFastScan"):
         load_index(path)
 
@@ -642,7 +647,7 @@ def test_manager_builds_compressed_streamed_and_cleans_old_files(pq_data, tmp_pa
 def test_manager_picks_up_an_index_tuned_by_another_process(pq_data, tmp_path: Path, caplog):
     """A server's manager holds the index in memory; ``index tune`` in another process saves
     new settings. The server's next ``get`` uses them, and its own saves keep them."""
-    x, ids, q = pq_data
+    x, ids, _ = pq_data
     repo = _FakeRepo(x[:3000], ids[:3000])
     server = IndexManager(tmp_path, exact_max=1000, target_recall=0.99, sq_max=2000)
     key = IndexKey(1, "m")

@@ -186,8 +186,7 @@ class PQIndex(_FaissIndex):
     _type = "ivfpq"
 
     def __init__(self, index: faiss.IndexIVFPQ | faiss.IndexIVFPQFastScan, rows: np.ndarray,
-                 params: PQParams,
-                 store: _VectorStore | None) -> None:
+                 params: PQParams, store: _VectorStore | None) -> None:
         super().__init__(index)
         self._ivf = index
         self._buf = np.array(rows, dtype=np.int64)  # capacity grows by doubling

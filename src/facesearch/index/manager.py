@@ -73,8 +73,9 @@ class IndexManager:
         """The gallery's index, loaded from disk if it agrees with the database, else rebuilt."""
         with self._lock:
             if key in self._open:
-                if self._files_stamp(key) != self._stamp.get(key):
-                    self._adopt_saved(key)
+                stamp = self._files_stamp(key)
+                if stamp != self._stamp.get(key):
+                    self._adopt_saved(key, stamp)
                 return self._open[key]
             count, max_id = repo.face_watermark(key.gallery_id, key.model_id)
             path, meta = self._paths(key)
@@ -113,10 +114,9 @@ class IndexManager:
                 out.append((0, 0, 0))
         return tuple(out)
 
-    def _adopt_saved(self, key: IndexKey) -> None:
-        """The files changed since this process last read or wrote them: take the saved index
-        when it holds the same faces as the one in memory (see module docstring)."""
-        stamp = self._files_stamp(key)
+    def _adopt_saved(self, key: IndexKey, stamp: tuple[tuple[int, int, int], ...]) -> None:
+        """The files changed (now ``stamp``) since this process last read or wrote them: take the
+        saved index when it holds the same faces as the one in memory (see module docstring)."""
         self._stamp[key] = stamp  # one attempt per change, not one per call
         path, meta = self._paths(key)
         current = self._open[key]
