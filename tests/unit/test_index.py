@@ -693,3 +693,31 @@ def test_manager_tune_saves_the_new_settings(pq_data, tmp_path: Path):
     small = IndexKey(2, "m")
     flat, result = m.tune(_FakeRepo(x[:500], ids[:500]), small, PQ_D, 0.8)
     assert result is None and isinstance(flat, FlatIndex)
+
+
+def test_manager_resync_after_an_erasure_keeps_the_index_without_rebuilding(pq_data, tmp_path: Path):
+    """An erasure removes faces from the index, then their rows: ``resync`` saves the new
+    watermark and keeps the same trained index (no rebuild); a disagreement still rebuilds."""
+    x, ids, q = pq_data
+    repo = _FakeRepo(x[:3000], ids[:3000])
+    m = IndexManager(tmp_path, exact_max=1000, target_recall=0.95, sq_max=2000)
+    key = IndexKey(1, "m")
+    idx = m.get(repo, key, PQ_D)
+    assert isinstance(idx, PQIndex)
+    files = set(p.name for p in tmp_path.iterdir())
+    gone = ids[2990:3000]  # the highest ids too: the database's max id goes down
+    assert m.remove(key, gone, max_id_after=-1) == len(gone)
+    repo.x, repo.ids = x[:2990], ids[:2990]
+    assert m.resync(repo, key, PQ_D) is idx
+    assert set(p.name for p in tmp_path.iterdir()) == files  # the same build's files, nothing new
+    # a fresh process opens it as in step (no rebuild) and never returns an erased face
+    again = IndexManager(tmp_path, exact_max=1000, target_recall=0.95, sq_max=2000)
+    reopened = again.get(repo, key, PQ_D)
+    assert reopened.ntotal == 2990 and set(p.name for p in tmp_path.iterdir()) == files
+    _, I = reopened.search(x[2990:3000], 5)
+    assert not np.isin(I, gone).any()
+    # when the database holds other faces than the index (another writer), it is rebuilt
+    repo.x, repo.ids = x[:2980], ids[:2980]
+    rebuilt = again.resync(repo, key, PQ_D)
+    assert rebuilt is not reopened and rebuilt.ntotal == 2980
+    assert not (set(p.name for p in tmp_path.iterdir()) & {n for n in files if n.endswith(".vec16")})

@@ -192,6 +192,26 @@ class IndexManager:
             self._remove_stale_files(key)
             return self._open[key]
 
+    def resync(self, repo, key: IndexKey, dim: int) -> VectorIndex:  # noqa: ANN001 - Repository
+        """Record that the index is in step with the database again after faces left both (an
+        erasure removes them from the index first, then deletes their rows).
+
+        When the index holds as many faces as the database, only the watermark is saved: a
+        rebuild of a 100M-face gallery takes hours, and an erasure must not cause one (nor hold
+        this manager for that long). When they disagree, or the gallery shrank so much that
+        its index no longer fits its size, the index is rebuilt from the database."""
+        with self._lock:
+            count, max_id = repo.face_watermark(key.gallery_id, key.model_id)
+            idx = self._open.get(key)
+            if idx is None or idx.ntotal != count:
+                if idx is not None:
+                    log.warning("index of gallery %s holds %d faces, the database %d; rebuilding",
+                                key, idx.ntotal, count)
+                return self.rebuild(repo, key, dim)
+            self._max_id[key] = max_id
+            self.save(key)
+            return self.maybe_upgrade(repo, key, dim)
+
     def add(self, key: IndexKey, vecs: np.ndarray, ids: np.ndarray) -> None:
         with self._lock:
             if len(ids) == 0:

@@ -1,7 +1,7 @@
 """Where each gallery's index lives: the embedded faiss index or Milvus.
 
 ``IndexRouter`` is what the services use as ``ctx.indexes``: the same calls as
-``IndexManager`` (``get``, ``add``, ``remove``, ``save``, ``maybe_upgrade``, ``rebuild``,
+``IndexManager`` (``get``, ``add``, ``remove``, ``save``, ``maybe_upgrade``, ``rebuild``, ``resync``,
 ``drop``), each sent to the backend of that gallery and model.
 
 The backend of a gallery (all its models: a gallery being re-embedded stays where it is) is its
@@ -157,6 +157,11 @@ class IndexRouter:
         view = self.milvus_view(repo, key, dim)
         reconcile(repo, key, view)  # the count check, as the faiss side's watermark
         return view
+
+    def resync(self, repo, key: IndexKey, dim: int) -> VectorIndex:  # noqa: ANN001
+        if self.backend_of(key) == "faiss":
+            return self.faiss.resync(repo, key, dim)
+        return self.rebuild(repo, key, dim)  # Milvus: the count check (and repair) only
 
     def drop(self, key: IndexKey) -> None:
         """Forget a (gallery, model) index: its faiss files, and its Milvus rows if it has any

@@ -157,7 +157,7 @@ def complete(ctx: AppContext, req_id: int) -> None:
             for iid in image_ids:
                 repo.delete_image(iid)
         with ctx.repo() as repo:
-            ctx.indexes.rebuild(repo, key, ctx.dim_of(model))  # now in step with the database
+            ctx.indexes.resync(repo, key, ctx.dim_of(model))  # in step with the database again
     with ctx.repo() as repo:  # what was shown for confirmation goes with the images
         repo.s.execute(update(ErasureRequest).where(ErasureRequest.id == req_id).values(
             status="done", matches=None, probes=None))
