@@ -17,6 +17,12 @@ faces), the saved one replaces it, so its new search settings take effect and ar
 overwritten by this process's next save. When it disagrees (the other process added or removed
 faces this one has not seen), the copy in memory is kept and a warning logged; the usual count
 check settles it on the next start.
+
+Locking is per index, so one gallery's hours-long rebuild never holds up another's searches.
+Each index has a mutex that orders its changes (adds, removes, builds, saves) and a
+readers-writer lock (``rwlock.py``): searches (``reading``) share the index, and take it again
+only between changes; an add or a remove takes it alone for the moment it changes the arrays,
+and a rebuild builds its new copy while searches go on with the old one, then swaps it in.
 """
 from __future__ import annotations
 
@@ -26,6 +32,8 @@ import os
 import re
 import threading
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,6 +44,7 @@ from facesearch.index.base import VectorIndex
 from facesearch.index.compressed import PQIndex
 from facesearch.index.factory import RAM_BUDGET, SQ_MAX, build_index, choose_kind, needs_rebuild, new_index
 from facesearch.index.faiss_backend import load_index
+from facesearch.index.rwlock import ReadWriteLock
 
 log = logging.getLogger(__name__)
 
@@ -64,18 +73,62 @@ class IndexManager:
         self._open: dict[IndexKey, VectorIndex] = {}
         self._max_id: dict[IndexKey, int] = {}
         self._stamp: dict[IndexKey, tuple[tuple[int, int, int], ...]] = {}  # files as last seen
-        self._lock = threading.RLock()
+        self._guard = threading.Lock()  # only around creating a key's locks
+        self._locks: dict[IndexKey, tuple[threading.RLock, ReadWriteLock]] = {}
+
+    def _mutex(self, key: IndexKey) -> threading.RLock:
+        """Orders the changes to one index (held for a whole build, not by searches)."""
+        return self._key_locks(key)[0]
+
+    def _rw(self, key: IndexKey) -> ReadWriteLock:
+        """Searches share it; an in-place change or a swap takes it alone."""
+        return self._key_locks(key)[1]
+
+    def _key_locks(self, key: IndexKey) -> tuple[threading.RLock, ReadWriteLock]:
+        with self._guard:
+            locks = self._locks.get(key)
+            if locks is None:
+                locks = self._locks[key] = (threading.RLock(), ReadWriteLock())
+            return locks
+
+    def _swap(self, key: IndexKey, index: VectorIndex, max_id: int) -> None:
+        with self._rw(key).write():
+            self._open[key] = index
+            self._max_id[key] = max_id
+
+    @contextmanager
+    def reading(self, repo, key: IndexKey, dim: int) -> Iterator[VectorIndex]:  # noqa: ANN001
+        """The gallery's index, held for searching: no add, remove or swap happens to it until
+        the block ends (other searches go on at the same time)."""
+        while True:
+            self.get(repo, key, dim)  # opens or builds it first, holding no read side
+            with self._rw(key).read():
+                idx = self._open.get(key)
+                if idx is not None:
+                    yield idx
+                    return
+            # dropped between the two steps: open it again
 
     def _paths(self, key: IndexKey) -> tuple[Path, Path]:
         return self.dir / f"{key.stem}.faiss", self.dir / f"{key.stem}.json"
 
     def get(self, repo, key: IndexKey, dim: int) -> VectorIndex:  # noqa: ANN001 - Repository
-        """The gallery's index, loaded from disk if it agrees with the database, else rebuilt."""
-        with self._lock:
-            if key in self._open:
-                stamp = self._files_stamp(key)
-                if stamp != self._stamp.get(key):
-                    self._adopt_saved(key, stamp)
+        """The gallery's index, loaded from disk if it agrees with the database, else rebuilt.
+
+        Searching it needs ``reading``: what ``get`` returns may be changed by another thread."""
+        idx = self._open.get(key)
+        if idx is not None:
+            stamp = self._files_stamp(key)
+            if stamp != self._stamp.get(key):
+                mutex = self._mutex(key)
+                if mutex.acquire(blocking=False):  # busy with a change: look again next time
+                    try:
+                        self._adopt_saved(key, stamp)
+                    finally:
+                        mutex.release()
+            return self._open.get(key, idx)
+        with self._mutex(key):
+            if key in self._open:  # opened by another thread meanwhile
                 return self._open[key]
             count, max_id = repo.face_watermark(key.gallery_id, key.model_id)
             path, meta = self._paths(key)
@@ -94,12 +147,11 @@ class IndexManager:
                 log.warning("index of gallery %s missing; rebuilding from the database", key)
             if index is None:
                 index = self._build(repo, key, dim, count)
-                self._open[key] = index
-                self._max_id[key] = max_id
+                self._swap(key, index, max_id)
                 self.save(key)
                 self._remove_stale_files(key)
-            self._open[key] = index
-            self._max_id[key] = max_id
+            else:
+                self._swap(key, index, max_id)
             self._stamp[key] = self._files_stamp(key)
             return index
 
@@ -132,7 +184,7 @@ class IndexManager:
                         "keeping the one in memory", key)
             return
         log.info("index of gallery %s was saved by another process (%s); using it", key, loaded.kind)
-        self._open[key] = loaded
+        self._swap(key, loaded, self._max_id.get(key, 0))
 
     def _build(self, repo, key: IndexKey, dim: int, count: int) -> VectorIndex:  # noqa: ANN001
         if count == 0:
@@ -184,10 +236,11 @@ class IndexManager:
                 p.unlink(missing_ok=True)
 
     def rebuild(self, repo, key: IndexKey, dim: int) -> VectorIndex:  # noqa: ANN001
-        with self._lock:
+        """Build the index again from the database; searches use the old one until the new
+        one is swapped in (adds and removes of this gallery wait)."""
+        with self._mutex(key):
             count, max_id = repo.face_watermark(key.gallery_id, key.model_id)
-            self._open[key] = self._build(repo, key, dim, count)
-            self._max_id[key] = max_id
+            self._swap(key, self._build(repo, key, dim, count), max_id)
             self.save(key)
             self._remove_stale_files(key)
             return self._open[key]
@@ -198,9 +251,9 @@ class IndexManager:
 
         When the index holds as many faces as the database, only the watermark is saved: a
         rebuild of a 100M-face gallery takes hours, and an erasure must not cause one (nor hold
-        this manager for that long). When they disagree, or the gallery shrank so much that
-        its index no longer fits its size, the index is rebuilt from the database."""
-        with self._lock:
+        this gallery's changes for that long). When they disagree, or the gallery shrank so much
+        that its index no longer fits its size, the index is rebuilt from the database."""
+        with self._mutex(key):
             count, max_id = repo.face_watermark(key.gallery_id, key.model_id)
             idx = self._open.get(key)
             if idx is None or idx.ntotal != count:
@@ -213,7 +266,7 @@ class IndexManager:
             return self.maybe_upgrade(repo, key, dim)
 
     def add(self, key: IndexKey, vecs: np.ndarray, ids: np.ndarray) -> None:
-        with self._lock:
+        with self._mutex(key), self._rw(key).write():
             if len(ids) == 0:
                 return
             self._open[key].add_with_ids(np.ascontiguousarray(vecs, dtype=np.float32),
@@ -222,19 +275,20 @@ class IndexManager:
 
     def remove(self, key: IndexKey, ids: np.ndarray, max_id_after: int) -> int:
         """Remove faces from the index and persist at once: a deleted face is never returned."""
-        with self._lock:
-            idx = self._open.get(key)
-            if idx is None:
-                return 0
-            n = idx.remove_ids(np.asarray(ids, dtype=np.int64))
-            self._max_id[key] = max_id_after
-            self.save(key)
+        with self._mutex(key):
+            with self._rw(key).write():
+                idx = self._open.get(key)
+                if idx is None:
+                    return 0
+                n = idx.remove_ids(np.asarray(ids, dtype=np.int64))
+                self._max_id[key] = max_id_after
+            self.save(key)  # searches go on while it is written: they no longer see the faces
             return n
 
     def maybe_upgrade(self, repo, key: IndexKey, dim: int) -> VectorIndex:  # noqa: ANN001
         """Rebuild when the index no longer fits its size: an exact index past ``exact_max``
         becomes a compressed ANN index; an ANN index that doubled (or shrank) is re-trained."""
-        with self._lock:
+        with self._mutex(key):
             idx = self._open[key]
             if needs_rebuild(idx, self.exact_max, self.sq_max, self.ram_budget):
                 log.info("gallery %s has %d faces: rebuilding its index", key, idx.ntotal)
@@ -245,17 +299,22 @@ class IndexManager:
              queries: int = 1000) -> tuple[VectorIndex, tuple[int, int, float] | None]:
         """Re-tune the gallery's compressed index for ``target_recall`` and save it; returns the
         index and (nprobe, rerank depth, recall@1), or None when it is not an IVF-PQ index (exact
-        search has nothing to tune; an fp16 IVF index is tuned when it is built)."""
-        with self._lock:
+        search has nothing to tune; an fp16 IVF index is tuned when it is built).
+
+        It changes the search settings while it measures, so this gallery's searches in this
+        process wait for it; ``facesearch index tune`` runs it in its own process instead, and a
+        running server picks the saved result up."""
+        with self._mutex(key):
             idx = self.get(repo, key, dim)
             if not isinstance(idx, PQIndex):
                 return idx, None
-            result = idx.retune(target_recall, queries=queries)
+            with self._rw(key).write():
+                result = idx.retune(target_recall, queries=queries)
             self.save(key)
             return idx, result
 
     def save(self, key: IndexKey) -> None:
-        with self._lock:
+        with self._mutex(key), self._rw(key).read():
             idx = self._open[key]
             path, meta = self._paths(key)
             self.dir.mkdir(parents=True, exist_ok=True)
@@ -271,9 +330,10 @@ class IndexManager:
 
     def drop(self, key: IndexKey) -> None:
         """Forget an index and delete its files (a gallery that moved to another model)."""
-        with self._lock:
-            self._open.pop(key, None)
-            self._max_id.pop(key, None)
+        with self._mutex(key):
+            with self._rw(key).write():
+                self._open.pop(key, None)
+                self._max_id.pop(key, None)
             self._stamp.pop(key, None)
             for p in self._paths(key):
                 p.unlink(missing_ok=True)

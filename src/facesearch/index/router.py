@@ -1,8 +1,8 @@
 """Where each gallery's index lives: the embedded faiss index or Milvus.
 
 ``IndexRouter`` is what the services use as ``ctx.indexes``: the same calls as
-``IndexManager`` (``get``, ``add``, ``remove``, ``save``, ``maybe_upgrade``, ``rebuild``, ``resync``,
-``drop``), each sent to the backend of that gallery and model.
+``IndexManager`` (``get``, ``reading``, ``add``, ``remove``, ``save``, ``maybe_upgrade``, ``rebuild``,
+``resync``, ``drop``), each sent to the backend of that gallery and model.
 
 The backend of a gallery (all its models: a gallery being re-embedded stays where it is) is its
 placement record, a small JSON file beside the faiss files (``<index dir>/gallery-<id>.placement.json``,
@@ -21,6 +21,8 @@ import json
 import logging
 import os
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -124,6 +126,16 @@ class IndexRouter:
             if fresh:
                 reconcile(repo, key, view)
             return view
+
+    @contextmanager
+    def reading(self, repo, key: IndexKey, dim: int) -> Iterator[VectorIndex]:  # noqa: ANN001
+        """The gallery's index held for searching (faiss: its read lock; Milvus orders a search
+        and a delete itself, with the consistency level of ``milvus_backend``)."""
+        if self.backend_of(key) == "faiss":
+            with self.faiss.reading(repo, key, dim) as idx:
+                yield idx
+        else:
+            yield self.get(repo, key, dim)
 
     def _view(self, key: IndexKey) -> MilvusIndex | None:
         with self._lock:

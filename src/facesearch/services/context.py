@@ -116,6 +116,12 @@ class AppContext:
         return key, self.indexes.get(repo, key, self.dim_of(model_id))
 
     @contextmanager
+    def reading_index(self, repo: Repository, gallery_id: int, model_id: str) -> Iterator[VectorIndex]:
+        """The gallery's index held for a search: no add, remove or swap changes it meanwhile."""
+        with self.indexes.reading(repo, IndexKey(gallery_id, model_id), self.dim_of(model_id)) as index:
+            yield index
+
+    @contextmanager
     def repo(self) -> Iterator[Repository]:
         """A unit of work: commits on success, rolls back on error."""
         session: Session = self._sessions()

@@ -168,12 +168,12 @@ def _to_milvus(ctx, g, key: IndexKey, sample: int, batch: int, on_batch: OnBatch
         added, removed = reconcile(repo, key, view, force=True)
         count, _ = repo.face_watermark(g.id, g.model_id)
         queries = _sample_queries(repo, key, sample, seed)
-        faiss_index = router.faiss.get(repo, key, dim)
-    # 3. verify
-    target_count = view.ntotal
-    agree, overlap = (0, 1.0)
-    if len(queries):
-        agree, overlap = _compare(faiss_index, view, queries)
+        # 3. verify (the faiss side under its read lock: a server may be erasing meanwhile)
+        target_count = view.ntotal
+        agree, overlap = (0, 1.0)
+        if len(queries):
+            with router.faiss.reading(repo, key, dim) as faiss_index:
+                agree, overlap = _compare(faiss_index, view, queries)
     ok = target_count == count and agree == len(queries)
     if ok:
         write_placement(router.dir, key, Placement("milvus", verified={
@@ -200,16 +200,18 @@ def _to_faiss(ctx, g, key: IndexKey, sample: int, seed: int) -> MigrationReport:
     router = ctx.indexes
     dim = ctx.dim_of(g.model_id)
     with ctx.repo() as repo:
-        faiss_index = router.faiss.get(repo, key, dim)
         view = router.milvus_view(repo, key, dim)
         count, _ = repo.face_watermark(g.id, g.model_id)
         queries = _sample_queries(repo, key, sample, seed)
-    agree, overlap = _compare(view, faiss_index, queries) if len(queries) and view.ntotal else (len(queries), 1.0)
-    ok = faiss_index.ntotal == count
+        with router.faiss.reading(repo, key, dim) as faiss_index:
+            agree, overlap = (_compare(view, faiss_index, queries) if len(queries) and view.ntotal
+                              else (len(queries), 1.0))
+            faiss_total = faiss_index.ntotal
+    ok = faiss_total == count
     if not ok:
-        raise IndexError_(f"the faiss index of gallery {g.name!r} holds {faiss_index.ntotal} faces, "
+        raise IndexError_(f"the faiss index of gallery {g.name!r} holds {faiss_total} faces, "
                           f"the database {count}; not switched")
     write_placement(router.dir, key, Placement("faiss", verified={"faces": count}))
     view.clear()
-    return MigrationReport(g.name, g.model_id, "faiss", count, 0, 0, 0, 0, faiss_index.ntotal, len(queries),
+    return MigrationReport(g.name, g.model_id, "faiss", count, 0, 0, 0, 0, faiss_total, len(queries),
                            agree, round(overlap, 4), True, round(time.perf_counter() - t0, 2), None)

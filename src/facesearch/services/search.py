@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from facesearch.errors import FaceIndexOutOfRange, MissingCaseInfo, ModelMismatch, NoFaceFound
+from facesearch.index.base import VectorIndex
 from facesearch.pipeline.decode import DecodedImage, decode_image, read_image
 from facesearch.pipeline.pipeline import FacePipeline
 from facesearch.services.context import AppContext
@@ -142,9 +143,10 @@ class SearchService:
         results: list[ProbeFaceResult] = []
         recorded: list[tuple[int, int, int | None, int | None, float]] = []
         with ctx.repo() as repo:
-            _, index = ctx.index_for(repo, g.id, g.model_id)
             for pi, face in enumerate(probes):
-                cands = self._candidates(repo, index, g.id, g.model_id, g.name, face, req.top_k)
+                with ctx.reading_index(repo, g.id, g.model_id) as index:  # only for the search itself
+                    hits = self._hits(index, face, req.top_k)
+                cands = self._candidates(repo, hits, g.id, g.model_id, g.name, face, req.top_k)
                 results.append(ProbeFaceResult(bbox=face.bbox, quality=face.quality, candidates=tuple(cands)))
                 recorded += [(pi, r, c.face_id, c.image_id, c.score) for r, c in enumerate(cands, 1)]
             search_id, when, public_id, cand_ids = repo.record_search(
@@ -164,13 +166,19 @@ class SearchService:
             public_id=public_id,
         )
 
-    def _candidates(self, repo: Repository, index, gallery_id: int, model_id: str, gallery: str,  # noqa: ANN001
-                    face: Face, top_k: int) -> list[Candidate]:
+    @staticmethod
+    def _hits(index: VectorIndex, face: Face, top_k: int) -> list[tuple[int, float]]:
+        """The index's nearest faces (id, score), more than ``top_k`` so that fusion can reorder."""
         if index.ntotal == 0:
             return []
         k = min(index.ntotal, max(100, top_k * 10))
         d, i = index.search(face.embedding[None, :].astype(np.float32), k)
-        hits = [(int(fid), float(s)) for fid, s in zip(i[0], d[0]) if fid >= 0]
+        return [(int(fid), float(s)) for fid, s in zip(i[0], d[0]) if fid >= 0]
+
+    def _candidates(self, repo: Repository, hits: list[tuple[int, float]], gallery_id: int, model_id: str,
+                    gallery: str, face: Face, top_k: int) -> list[Candidate]:
+        if not hits:
+            return []
         records = repo.face_records([fid for fid, _ in hits])
         subjects = sorted({r.subject for r in records.values() if r.subject is not None})
         templates = subject_templates(repo, gallery_id, model_id, subjects) if self.fusion != "max" else {}
