@@ -7,6 +7,8 @@ synthetic face-like embeddings, from 10k to 100M faces.
     python bench/index.py --n 100M --index pq8 --reuse           # measure the kept index again
     python bench/index.py --n 100M --index pq-ondisk --reuse --move-lists --retune 0.95
                         # the kept pq8 index with its lists moved to disk, re-tuned for 0.95
+    python bench/index.py --n 100M --index pq --keep --target-recall 0.95 --cold --search 128:32
+                        # fast-scan lists in RAM; each point with the page cache dropped, then filled
     python bench/index.py --plot-only                            # redraw the plot from the JSON
 
 Data: unit vectors shaped like face embeddings: many identities (about 5 faces each, varying),
@@ -56,7 +58,8 @@ from facesearch.index.faiss_backend import FlatIndex, IVFIndex, load_index, set_
 ROOT = Path(__file__).resolve().parent
 K = 10
 KEYS = ("n", "dim", "index", "params", "build_s", "mem_bytes_per_face", "disk_bytes_per_face",
-        "p50_ms", "p99_ms", "batch_qps", "recall_at_1", "recall_at_10", "peak_rss_gib", "date")
+        "p50_ms", "p99_ms", "batch_qps", "recall_at_1", "recall_at_10", "peak_rss_gib", "cache",
+        "date")
 
 
 def log(msg: str) -> None:
@@ -177,6 +180,16 @@ def _read_through(paths: list[Path], chunk: int = 64 << 20) -> float:
     return time.perf_counter() - t
 
 
+def _drop_page_cache() -> None:
+    """Write back dirty pages and drop the clean page cache (needs root): the side files are then
+    read from disk, as right after a restart or when they are far larger than the RAM left."""
+    os.sync()
+    try:
+        Path("/proc/sys/vm/drop_caches").write_text("1\n")
+    except OSError as e:
+        raise SystemExit(f"--cold needs to drop the page cache (root): {e}") from e
+
+
 def _file_bytes(paths: list[Path]) -> int:
     return sum(p.stat().st_size for p in paths if p.exists())
 
@@ -251,8 +264,8 @@ def _moved_to_disk(data_dir: Path, d: int, n: int, work: Path) -> tuple[PQIndex,
 def bench_one(n: int, d: int, nq: int, seed: int, names: list[str], target: float, threads: int,
               data_dir: Path, latency_queries: int = 500, keep: bool = False,
               reuse: bool = False, search_points: list[tuple[int, int]] | None = None,
-              move_lists: bool = False, retune: float | None = None, warm_files: bool = False
-              ) -> list[dict[str, Any]]:
+              move_lists: bool = False, retune: float | None = None, warm_files: bool = False,
+              cold: bool = False) -> list[dict[str, Any]]:
     t = time.perf_counter()
     set_threads(threads)
     auto = {"flat": "flat", "ivf": "ivf", "ivfpq": "pq", "ivfpq-ondisk": "pq-ondisk"}[
@@ -301,10 +314,12 @@ def bench_one(n: int, d: int, nq: int, seed: int, names: list[str], target: floa
             mem = idx.memory_bytes()
             disk += idx.disk_bytes()
             params = f"{idx.kind} tuned_r@1={idx.tuned_recall:.3f}"
+            if not reused and target != 0.99:
+                params = f"{idx.kind} target={target:g} tuned_r@1={idx.tuned_recall:.3f}"
         else:
             mem = disk
             params = idx.kind + (f" tuned_r@1={idx.tuned_recall:.3f}" if isinstance(idx, IVFIndex) else "")
-        if warm_files and isinstance(idx, PQIndex):
+        if warm_files and not cold and isinstance(idx, PQIndex):
             log(f"[n={n:,} d={d}] {name}: side files read into the page cache in "
                 f"{_read_through(idx.storage_files()):.0f}s")
         # the tuned operating point, then any others asked for (--search NPROBE:RERANK and
@@ -323,17 +338,30 @@ def bench_one(n: int, d: int, nq: int, seed: int, names: list[str], target: floa
                 idx.retune(point)
                 params = f"{idx.kind} tuned_r@1={idx.tuned_recall:.3f} (re-tuned in {time.perf_counter() - t:.0f}s)"
                 label = f"{name}@target{point:g}"
-            m = measure(idx, q, gt, threads, latency_queries)
-            r = {"n": n, "dim": d, "index": label,
-                 "params": params, "build_s": round(build_s, 2),
-                 "mem_bytes_per_face": round(mem / n, 1), "disk_bytes_per_face": round(disk / n, 1),
-                 **{k: round(v, 4) for k, v in m.items()},
-                 "peak_rss_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2),
-                 "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
-            rows.append(r)
-            log(f"[n={n:,} d={d}] {label} {params}: build {build_s:.1f}s, {mem / n:.0f} B/face RAM, "
-                f"{disk / n:.0f} B/face disk, p50 {m['p50_ms']:.3f} ms, p99 {m['p99_ms']:.3f} ms, "
-                f"r@1 {m['recall_at_1']:.4f}, r@10 {m['recall_at_10']:.4f}")
+            # --cold: each point twice, first with the page cache dropped (every re-ranked row
+            # and on-disk list read from disk), then after reading the side files through the
+            # page cache (as much of them as the RAM left holds, the rest evicted in file order)
+            passes = ["cold", "read-through"] if cold and isinstance(idx, PQIndex) else [
+                "read-through" if warm_files and isinstance(idx, PQIndex) else "as-left"]
+            for cache in passes:
+                row_label = label + (" cold" if cache == "cold" else "")
+                if cold and cache == "cold":
+                    _drop_page_cache()
+                elif cold:
+                    log(f"[n={n:,} d={d}] {name}: side files read into the page cache in "
+                        f"{_read_through(idx.storage_files()):.0f}s")
+                m = measure(idx, q, gt, threads, latency_queries)
+                r = {"n": n, "dim": d, "index": row_label,
+                     "params": params, "build_s": round(build_s, 2),
+                     "mem_bytes_per_face": round(mem / n, 1), "disk_bytes_per_face": round(disk / n, 1),
+                     **{k: round(v, 4) for k, v in m.items()},
+                     "peak_rss_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2),
+                     "cache": cache,
+                     "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
+                rows.append(r)
+                log(f"[n={n:,} d={d}] {row_label} {params}: build {build_s:.1f}s, {mem / n:.0f} B/face RAM, "
+                    f"{disk / n:.0f} B/face disk, p50 {m['p50_ms']:.3f} ms, p99 {m['p99_ms']:.3f} ms, "
+                    f"r@1 {m['recall_at_1']:.4f}, r@10 {m['recall_at_10']:.4f}")
         del idx
         gc.collect()
         if not keep and not reused:  # an index kept by an earlier run stays
@@ -389,7 +417,12 @@ def write_markdown(path: Path, rows: list[dict[str, Any]], d: int, args: argpars
         f"- latency: one query per call (the first 500 queries; 100 for the 512-d 1M exact row), 1 faiss thread; batch q/s: all queries in one call, "
         f"{args.threads} threads",
         "- recall: against exact brute-force ground truth over all N; ivf/pq build time includes "
-        f"train + add + tuning to recall@1 >= {args.target_recall} (leave-one-out on held-out gallery vectors)",
+        "train + add + tuning to recall@1 >= 0.99, or to the `target=` in params "
+        "(leave-one-out on held-out gallery vectors)",
+        "- page cache: rows named `... cold` were measured right after dropping the page cache "
+        "(`--cold`: every re-ranked float16 row read from disk); the row of the same name without "
+        "`cold` then after reading the side files through the page cache, as much as RAM holds "
+        "(`cache` in index-<d>.json; older rows: whatever earlier rows had left in it)",
         "",
         *fmt_table(rows),
         "",
@@ -414,7 +447,7 @@ def plot(out: Path) -> Path | None:
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(12, 4.8))
     series: dict[tuple[int, str], list[dict[str, Any]]] = {}
     for r in rows:
-        if "@" in r["index"]:  # another operating point of an index already plotted
+        if "@" in r["index"] or r.get("cache") == "cold":  # another point or cache state of a plotted index
             continue
         series.setdefault((r["dim"], r["index"].replace(" (auto)", "")), []).append(r)
     for (d, name), rs in sorted(series.items()):
@@ -477,6 +510,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--warm-files", action="store_true",
                     help="read a PQ index's side files (float16 store, on-disk lists) once before "
                     "measuring it: a server whose page cache holds them, not a cold start")
+    ap.add_argument("--cold", action="store_true",
+                    help="measure each PQ point twice: after dropping the page cache (root), then "
+                    "after reading the side files through it (rows 'NAME cold' and 'NAME')")
     ap.add_argument("--plot-only", action="store_true")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="  %(name)s: %(message)s")
@@ -490,7 +526,7 @@ def main(argv: list[str] | None = None) -> int:
             rows += bench_one(n, args.dim, args.queries, args.seed, names, args.target_recall,
                               args.threads, args.data_dir, args.latency_queries,
                               keep=args.keep, reuse=args.reuse, move_lists=args.move_lists,
-                              retune=args.retune, warm_files=args.warm_files,
+                              retune=args.retune, warm_files=args.warm_files, cold=args.cold,
                               search_points=[tuple(int(v) for v in sp.split(":")) for sp in args.search or []])
             jpath = args.out / f"index-{args.dim}.json"
             merged = merge_rows(jpath, rows)
