@@ -53,10 +53,12 @@ from common import machine
 from facesearch.index.base import VectorIndex
 from facesearch.index.compressed import PQIndex
 from facesearch.index.factory import choose_kind
+from facesearch.config import Settings
 from facesearch.index.faiss_backend import FlatIndex, IVFIndex, load_index, set_threads
 
 ROOT = Path(__file__).resolve().parent
 K = 10
+DEFAULT_TARGET: float = Settings.model_fields["ann_target_recall"].default  # FACESEARCH_ANN_TARGET_RECALL
 KEYS = ("n", "dim", "index", "params", "build_s", "mem_bytes_per_face", "disk_bytes_per_face",
         "p50_ms", "p99_ms", "batch_qps", "recall_at_1", "recall_at_10", "peak_rss_gib", "cache",
         "date")
@@ -178,6 +180,10 @@ def _read_through(paths: list[Path], chunk: int = 64 << 20) -> float:
             while f.read(chunk):
                 pass
     return time.perf_counter() - t
+
+
+def _warm(idx: PQIndex, what: str) -> None:
+    log(f"{what}: side files read into the page cache in {_read_through(idx.storage_files()):.0f}s")
 
 
 def _drop_page_cache() -> None:
@@ -313,19 +319,24 @@ def bench_one(n: int, d: int, nq: int, seed: int, names: list[str], target: floa
         if isinstance(idx, PQIndex):
             mem = idx.memory_bytes()
             disk += idx.disk_bytes()
-            params = f"{idx.kind} tuned_r@1={idx.tuned_recall:.3f}"
-            if not reused and target != 0.99:
-                params = f"{idx.kind} target={target:g} tuned_r@1={idx.tuned_recall:.3f}"
+            tgt = idx.params.target_recall
+            params = (f"{idx.kind}" + (f" target={tgt:g}" if tgt != DEFAULT_TARGET else "")
+                      + f" tuned_r@1={idx.tuned_recall:.3f}")
         else:
             mem = disk
             params = idx.kind + (f" tuned_r@1={idx.tuned_recall:.3f}" if isinstance(idx, IVFIndex) else "")
-        if warm_files and not cold and isinstance(idx, PQIndex):
-            log(f"[n={n:,} d={d}] {name}: side files read into the page cache in "
-                f"{_read_through(idx.storage_files()):.0f}s")
+        is_pq = isinstance(idx, PQIndex)
+        if warm_files and not cold and is_pq:
+            _warm(idx, f"[n={n:,} d={d}] {name}")
+        # --cold: each point twice, first with the page cache dropped (every re-ranked row and
+        # on-disk list read from disk), then after reading the side files through the page
+        # cache (as much of them as the RAM left holds, the rest evicted in file order)
+        passes = ("cold", "read-through") if cold and is_pq else (
+            "read-through" if warm_files and is_pq else "as-left",)
         # the tuned operating point, then any others asked for (--search NPROBE:RERANK and
         # --retune TARGET, PQ only)
         points: list[tuple[int, int] | float | None] = [None]
-        if isinstance(idx, PQIndex):
+        if is_pq:
             points += list(search_points or []) + ([retune] if retune is not None else [])
         for point in points:
             label = name + (" (auto)" if name == auto else "")
@@ -338,18 +349,12 @@ def bench_one(n: int, d: int, nq: int, seed: int, names: list[str], target: floa
                 idx.retune(point)
                 params = f"{idx.kind} tuned_r@1={idx.tuned_recall:.3f} (re-tuned in {time.perf_counter() - t:.0f}s)"
                 label = f"{name}@target{point:g}"
-            # --cold: each point twice, first with the page cache dropped (every re-ranked row
-            # and on-disk list read from disk), then after reading the side files through the
-            # page cache (as much of them as the RAM left holds, the rest evicted in file order)
-            passes = ["cold", "read-through"] if cold and isinstance(idx, PQIndex) else [
-                "read-through" if warm_files and isinstance(idx, PQIndex) else "as-left"]
             for cache in passes:
                 row_label = label + (" cold" if cache == "cold" else "")
-                if cold and cache == "cold":
+                if cache == "cold":
                     _drop_page_cache()
-                elif cold:
-                    log(f"[n={n:,} d={d}] {name}: side files read into the page cache in "
-                        f"{_read_through(idx.storage_files()):.0f}s")
+                elif cache == "read-through" and cold:  # --warm-files alone reads them once, above
+                    _warm(idx, f"[n={n:,} d={d}] {name}")
                 m = measure(idx, q, gt, threads, latency_queries)
                 r = {"n": n, "dim": d, "index": row_label,
                      "params": params, "build_s": round(build_s, 2),
@@ -417,7 +422,7 @@ def write_markdown(path: Path, rows: list[dict[str, Any]], d: int, args: argpars
         f"- latency: one query per call (the first 500 queries; 100 for the 512-d 1M exact row), 1 faiss thread; batch q/s: all queries in one call, "
         f"{args.threads} threads",
         "- recall: against exact brute-force ground truth over all N; ivf/pq build time includes "
-        "train + add + tuning to recall@1 >= 0.99, or to the `target=` in params "
+        f"train + add + tuning to recall@1 >= {DEFAULT_TARGET}, or to the `target=` in params "
         "(leave-one-out on held-out gallery vectors)",
         "- page cache: rows named `... cold` were measured right after dropping the page cache "
         "(`--cold`: every re-ranked float16 row read from disk); the row of the same name without "
@@ -486,7 +491,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--latency-queries", type=int, default=500,
                     help="queries timed one by one for p50/p99 (the first ones of --queries)")
-    ap.add_argument("--target-recall", type=float, default=0.99)
+    ap.add_argument("--target-recall", type=float, default=DEFAULT_TARGET)
     ap.add_argument("--index", action="append", choices=["flat", "ivf", "pq", "pq8", "pq-ondisk", "auto"],
                     help="indexes to build (repeatable; default: auto)")
     ap.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)),
