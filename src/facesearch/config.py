@@ -65,6 +65,9 @@ class Settings(BaseSettings):
     # vectors on disk; PQ lists go on disk when they would exceed index_ram_gib (index/factory.py)
     sq_max: int = 2_000_000
     index_ram_gib: float = 4.0
+    # IVF-PQ re-ranking store on disk: float16 (2 x d bytes per face) or int8 with a per-row
+    # scale (d + 4 bytes: half the disk, for a 512-d gallery of 100M faces on a 100 GB disk)
+    index_rerank_store: Literal["float16", "int8"] = "float16"
 
     # ingest
     workers: int = Field(default_factory=_default_workers)

@@ -1,7 +1,7 @@
 """The ``VectorIndex`` contract, run against every backend.
 
 faiss exact (``FlatIndex``), faiss compressed (``IVFIndex``, and ``PQIndex`` from
-``index/compressed.py`` where present: fast-scan lists in memory and 8-bit lists on disk) and Milvus (a real standalone server, one per session)
+``index/compressed.py`` where present: fast-scan lists in memory, 8-bit lists on disk, and the int8 re-ranking store) and Milvus (a real standalone server, one per session)
 must behave the same: add, search, delete (a deleted face is never returned afterwards),
 persistence (save and reopen), tenant scoping (a query scoped to one gallery/agency never
 sees another's faces) and recall against exact search on seeded identity clusters.
@@ -88,9 +88,9 @@ def _ivf(tenant: Tenant, x: np.ndarray, ids: np.ndarray, tmp: Path) -> VectorInd
     return IVFIndex.build(x, ids, target_recall=0.99)
 
 
-def _pq_backend(on_disk: bool = False) -> Backend | None:
+def _pq_backend(on_disk: bool = False, store: str = "float16") -> Backend | None:
     """IVF-PQ as ``choose_kind`` builds it: 4-bit fast-scan lists in memory, or (``on_disk``)
-    8-bit lists memory-mapped from disk."""
+    8-bit lists memory-mapped from disk; re-ranked from a float16 or (``store``) int8 store."""
     try:
         from facesearch.index.compressed import PQIndex
     except ImportError:
@@ -98,10 +98,11 @@ def _pq_backend(on_disk: bool = False) -> Backend | None:
 
     def make(tenant: Tenant, x: np.ndarray, ids: np.ndarray, tmp: Path) -> VectorIndex:
         return PQIndex.build(x, ids, storage=tmp / f"pq-g{tenant.gallery_id}", target_recall=0.99,
-                             on_disk=on_disk)
+                             on_disk=on_disk, store_dtype=store)
 
     # its tuning targets recall@1 and may pick a re-rank depth of 16 (recall@10 ~0.87 here)
-    return Backend("faiss-pq-ondisk" if on_disk else "faiss-pq", make, _faiss_reopen,
+    name = "faiss-pq-ondisk" if on_disk else "faiss-pq"
+    return Backend(name if store == "float16" else f"{name}-{store}", make, _faiss_reopen,
                    exact=False, min_recall1=0.95, min_recall10=0.8)
 
 
@@ -126,7 +127,7 @@ def _milvus_backend(uri: str, model: str) -> Backend:
     return Backend("milvus", make, reopen, exact=False, min_recall1=0.95, min_recall10=0.9)
 
 
-BACKENDS = ["faiss-flat", "faiss-ivf", "faiss-pq", "faiss-pq-ondisk", "milvus"]
+BACKENDS = ["faiss-flat", "faiss-ivf", "faiss-pq", "faiss-pq-ondisk", "faiss-pq-int8", "milvus"]
 
 
 @pytest.fixture(params=BACKENDS)
@@ -136,8 +137,8 @@ def backend(request: pytest.FixtureRequest) -> Backend:
         return Backend(name, _flat, _faiss_reopen, exact=True, min_recall1=1.0, min_recall10=1.0)
     if name == "faiss-ivf":
         return Backend(name, _ivf, _faiss_reopen, exact=False, min_recall1=0.95, min_recall10=0.9)
-    if name in ("faiss-pq", "faiss-pq-ondisk"):
-        b = _pq_backend(on_disk=name == "faiss-pq-ondisk")
+    if name in ("faiss-pq", "faiss-pq-ondisk", "faiss-pq-int8"):
+        b = _pq_backend(on_disk=name == "faiss-pq-ondisk", store="int8" if name.endswith("int8") else "float16")
         if b is None:
             pytest.skip("index/compressed.py (PQIndex) is not in this tree")
         return b

@@ -332,7 +332,7 @@ def test_set_threads():
 
 # ----------------------------------------------------------------------------- compressed (IVF-PQ)
 
-from facesearch.index.compressed import PQIndex, pq_m  # noqa: E402
+from facesearch.index.compressed import PQIndex, pq_m, pq_nlist, store_bytes_per_face  # noqa: E402
 from facesearch.index.factory import choose_kind  # noqa: E402
 from facesearch.index.manager import IndexKey, IndexManager  # noqa: E402
 
@@ -721,3 +721,81 @@ def test_manager_resync_after_an_erasure_keeps_the_index_without_rebuilding(pq_d
     rebuilt = again.resync(repo, key, PQ_D)
     assert rebuilt is not reopened and rebuilt.ntotal == 2980
     assert not (set(p.name for p in tmp_path.iterdir()) & {n for n in files if n.endswith(".vec16")})
+
+
+# --------------------------------------------------------------------------- int8 store, streamed build
+
+def test_int8_store_halves_the_disk_and_keeps_recall(pq_data, tmp_path: Path):
+    """The int8 re-ranking store: d + 4 bytes per face instead of 2 x d, scores within the
+    int8 rounding of the exact inner products, recall like the float16 store's, and the
+    choice survives save/load and re-tuning."""
+    x, ids, q = pq_data
+    idx = PQIndex.build(x, ids, storage=tmp_path / "i8", target_recall=0.97, store_dtype="int8", seed=1)
+    assert idx.params.store_dtype == "int8" and idx.rerank_depth > 0
+    assert [p.name for p in idx.storage_files()] == ["i8.vec8"] and not (tmp_path / "i8.vec16").exists()
+    assert (tmp_path / "i8.vec8").stat().st_size == PQ_N * (PQ_D + 4) == PQ_N * store_bytes_per_face(PQ_D, "int8")
+    assert store_bytes_per_face(PQ_D) == 2 * PQ_D
+    # int8 rounding (about 1e-3 in cosine at 32-d) reorders near-ties between faces of one
+    # identity: a few hundredths of recall@1 against float32 exact search on this data
+    assert idx.tuned_recall >= 0.97 and _r1(idx, x, ids, q) >= 0.93
+    D, I = idx.search(q[:20], 3)
+    pos = {int(v): i for i, v in enumerate(ids)}
+    exact = np.array([[q[r] @ x[pos[int(i)]] for i in row] for r, row in enumerate(I)])
+    err = np.abs(D - exact)
+    assert err.max() < 5e-3 and err.max() > 0  # int8 rounding: small, and really there
+    idx.save(tmp_path / "i8.faiss")
+    back = load_index(tmp_path / "i8.faiss")
+    assert back.params == idx.params
+    np.testing.assert_array_equal(back.search(q, 10)[1], idx.search(q, 10)[1])
+    assert back.retune(0.9, queries=300)[2] >= 0.9
+    # a removed face is gone at once with this store too
+    gone = I[:, 0]
+    back.remove_ids(gone)
+    assert not np.isin(back.search(q[:20], 10)[1], gone).any()
+
+
+def test_int8_store_of_a_missing_or_unknown_kind_is_refused(pq_data, tmp_path: Path):
+    x, ids, _ = pq_data
+    with pytest.raises(IndexError_, match="unknown vector store type 'int4'"):
+        PQIndex.build(x, ids, storage=tmp_path / "u", store_dtype="int4")
+    idx = PQIndex.build(x[:3000], ids[:3000], storage=tmp_path / "m", target_recall=0.9,
+                        store_dtype="int8", seed=2)
+    idx.save(tmp_path / "m.faiss")
+    (tmp_path / "m.vec8").unlink()
+    with pytest.raises(IndexError_, match="m.vec8 is missing"):
+        load_index(tmp_path / "m.faiss")
+
+
+def test_trained_index_streamed_in_batches_then_retuned(pq_data, tmp_path: Path):
+    """``trained`` + ``add_with_ids`` per batch + ``retune``: a gallery that never exists as
+    one array (generated or read in chunks) gets the same kind of index as ``build``."""
+    x, ids, q = pq_data
+    n_train = PQIndex.train_sample_size(PQ_N)
+    assert n_train == min(PQ_N, 256 * 64)
+    idx = PQIndex.trained(x[:7200], PQ_N, storage=tmp_path / "s", seed=3)
+    assert idx.ntotal == 0 and idx.nlist == pq_nlist(PQ_N) and idx.trained_n == PQ_N
+    for s in range(0, PQ_N, 1500):
+        idx.add_with_ids(x[s:s + 1500], ids[s:s + 1500])
+    assert idx.ntotal == PQ_N
+    nprobe, depth, recall = idx.retune(0.97, queries=500)
+    assert recall >= 0.97 and depth > 0 and idx.params.target_recall == 0.97
+    assert _r1(idx, x, ids, q) >= 0.95
+    with pytest.raises(IndexError_, match="at least 1024 vectors"):
+        PQIndex.trained(x[:500], PQ_N, storage=tmp_path / "t")
+    with pytest.raises(IndexError_, match="needs a storage path"):
+        PQIndex.trained(x[:2000], PQ_N, storage=None)
+
+
+def test_manager_builds_with_the_int8_store_setting(pq_data, tmp_path: Path):
+    x, ids, q = pq_data
+    repo = _FakeRepo(x[:3000], ids[:3000])
+    m = IndexManager(tmp_path, exact_max=1000, target_recall=0.95, sq_max=2000, rerank_store="int8")
+    key = IndexKey(2, "m")
+    idx = m.get(repo, key, PQ_D)
+    assert isinstance(idx, PQIndex) and idx.params.store_dtype == "int8"
+    assert [n for n in os.listdir(tmp_path) if n.endswith((".vec8", ".vec16"))] == [idx.storage_files()[0].name]
+    repo.x, repo.ids = x[:3500], ids[:3500]
+    m.rebuild(repo, key, PQ_D)
+    assert len([n for n in os.listdir(tmp_path) if n.endswith(".vec8")]) == 1  # the old build's went
+    m.drop(key)
+    assert not list(tmp_path.iterdir())

@@ -3,7 +3,8 @@
 ``PQIndex``: an inverted file with product-quantised codes, an HNSW coarse quantizer when there
 are many lists (a flat one otherwise), optionally its inverted lists on disk
 (``OnDiskInvertedLists``, memory-mapped), and optional re-ranking of the top candidates with the
-full vectors, kept on disk as float16 (``np.memmap``; 2 x d bytes per face).
+full vectors, kept on disk (``np.memmap``) as float16 (2 x d bytes per face) or as int8 codes
+with a per-row scale (d + 4 bytes: half the disk, for 512-d galleries of ~100M faces).
 
 Codes
     Lists in memory hold 4-bit fast-scan codes (``IndexIVFPQFastScan``: twice as many
@@ -15,13 +16,13 @@ Codes
 Layout and ids
     faiss holds *row numbers* (0, 1, 2, ... in insertion order), not database ids; ``rows``
     (int64, one per row ever added, ``-1`` once removed) maps a row to its database id, and
-    the float16 store holds the row's vector at the same position. So re-ranking reads rows
+    the vector store holds the row's vector at the same position. So re-ranking reads rows
     straight from the memmap, and a database id is found with a sorted copy of ``rows``.
 
 Deletes
     ``remove_ids`` removes the rows from the inverted lists at once (``IndexIVF.remove_ids``,
     a scan of all lists: about a second per call at 100M) and marks them ``-1``: a removed
-    face is never returned by the next search. Its float16 vector stays in the store (unused)
+    face is never returned by the next search. Its stored vector stays in the store (unused)
     until the next rebuild.
 
 Search parameters
@@ -30,7 +31,7 @@ Search parameters
     their nearest *other* face) and compared with exact brute force over all vectors (in
     chunks); among the configurations reaching the target recall@1, the one with the lowest
     measured single-thread search time is kept. Both are stored in the file header.
-    ``retune(target)`` repeats that measurement later on the index's own float16 vectors
+    ``retune(target)`` repeats that measurement later on the index's own stored vectors
     (live rows only), for another target without rebuilding.
 
 On-disk lists
@@ -39,11 +40,12 @@ On-disk lists
     per-search prefetch threads are turned off (see ``_no_prefetch_threads``).
 
 Files (all next to each other, under a prefix fixed at build time, ``storage``)
-    ``<storage>.vec16``   float16 vectors by row (only with re-ranking)
+    ``<storage>.vec16``   float16 vectors by row (re-ranking with the float16 store)
+    ``<storage>.vec8``    int8 vectors by row, each after its float32 scale (the int8 store)
     ``<storage>.ivfdata`` the inverted lists (only when on disk)
     ``save(path)`` writes the usual checksummed header + payload (the faiss index structure,
     which for on-disk lists references the ``.ivfdata`` file, followed by ``rows``). The
-    ``.vec16`` and ``.ivfdata`` files are updated in place by adds and removes, so a crash
+    vector store and ``.ivfdata`` files are updated in place by adds and removes, so a crash
     can leave them ahead of the saved header; the manager's count check then rebuilds from
     the database, which is the source of truth.
 """
@@ -67,7 +69,8 @@ from facesearch.index.faiss_backend import _FaissIndex, _as_ids, _as_vectors, _c
 
 log = logging.getLogger(__name__)
 
-__all__ = ["PQIndex", "PQParams", "pq_m", "pq_nlist", "pq_bytes_per_face"]
+__all__ = ["PQIndex", "PQParams", "STORE_DTYPES", "pq_m", "pq_nlist", "pq_bytes_per_face",
+           "store_bytes_per_face"]
 
 Progress = Callable[[int, int], None]  # (done, total)
 
@@ -113,7 +116,7 @@ class PQParams:
     m: int
     coarse: str  # "hnsw" | "flat"
     on_disk: bool
-    rerank: bool  # full float16 vectors kept for re-ranking
+    rerank: bool  # full vectors kept on disk for re-ranking (float16 or int8: store_dtype)
     nprobe: int
     rerank_depth: int  # candidates re-scored exactly (0 = none)
     trained_n: int
@@ -121,23 +124,46 @@ class PQParams:
     tuned_recall_at_1: float
     storage: str  # prefix of the on-disk files ("" when there are none)
     bits: int = 8  # bits per sub-quantizer code: 8 (IndexIVFPQ) or 4 (IndexIVFPQFastScan)
+    store_dtype: str = "float16"  # re-ranking store rows: "float16" or "int8" (STORE_DTYPES)
 
 
-# --------------------------------------------------------------------------- float16 store
+# --------------------------------------------------------------------------- vector store
+
+STORE_DTYPES = ("float16", "int8")
+_STORE_SUFFIX = {"float16": ".vec16", "int8": ".vec8"}
+
+
+def _row_dtype(dtype: str, d: int) -> np.dtype:
+    """One stored row: ``d`` float16 values, or a float32 scale followed by ``d`` int8 codes
+    (``x ~= code * scale``, the scale per row so that every row uses the whole int8 range)."""
+    if dtype == "float16":
+        return np.dtype((np.float16, (d,)))
+    if dtype == "int8":
+        return np.dtype([("scale", "<f4"), ("code", "i1", (d,))])
+    raise IndexError_(f"unknown vector store type {dtype!r} (expected one of {', '.join(STORE_DTYPES)})")
+
+
+def store_bytes_per_face(d: int, dtype: str = "float16") -> int:
+    """Disk bytes the re-ranking store takes per face."""
+    return int(_row_dtype(dtype, d).itemsize)
+
 
 class _VectorStore:
-    """Append-only float16 vectors by row, in a file read through ``np.memmap``."""
+    """Append-only vectors by row (float16, or int8 with a per-row scale: half the disk at a
+    re-ranking error of about 1e-3 in cosine), in a file read through ``np.memmap``."""
 
-    def __init__(self, path: Path, d: int) -> None:
+    def __init__(self, path: Path, d: int, dtype: str = "float16") -> None:
         self.path = path
         self.d = d
+        self.dtype = dtype
+        self._row = _row_dtype(dtype, d)
         self._mm: np.memmap | None = None
         self._rows = 0
         if path.exists():
             size = path.stat().st_size
-            if size % (2 * d):
+            if size % self._row.itemsize:
                 raise IndexError_(f"vector store {path} has a partial row ({size} bytes)")
-            self._rows = size // (2 * d)
+            self._rows = size // self._row.itemsize
         else:
             path.touch(mode=0o600)
 
@@ -145,9 +171,24 @@ class _VectorStore:
     def rows(self) -> int:
         return self._rows
 
+    def _encode(self, x: np.ndarray) -> np.ndarray:
+        if self.dtype == "float16":
+            return np.ascontiguousarray(x, dtype=np.float16)
+        out = np.empty(len(x), dtype=self._row)
+        peak = np.abs(x).max(axis=1) if len(x) else np.empty(0, dtype=np.float32)
+        scale = np.where(peak > 0, peak / 127.0, 1.0).astype(np.float32)
+        out["scale"] = scale
+        out["code"] = np.clip(np.rint(x / scale[:, None]), -127, 127).astype(np.int8)
+        return out
+
+    def _decode(self, raw: np.ndarray) -> np.ndarray:
+        if self.dtype == "float16":
+            return np.asarray(raw, dtype=np.float32)
+        return raw["code"].astype(np.float32) * raw["scale"][:, None]
+
     def append(self, x: np.ndarray) -> None:
         with open(self.path, "ab") as f:
-            f.write(np.ascontiguousarray(x, dtype=np.float16).tobytes())
+            f.write(self._encode(x).tobytes())
         self._rows += len(x)
         self._mm = None
 
@@ -158,11 +199,37 @@ class _VectorStore:
         finally:
             os.close(fd)
 
+    def _map(self) -> np.memmap:
+        if self.dtype == "float16":
+            return np.memmap(self.path, dtype=np.float16, mode="r", shape=(self._rows, self.d))
+        return np.memmap(self.path, dtype=self._row, mode="r", shape=(self._rows,))
+
     def get(self, rows: np.ndarray) -> np.ndarray:
+        """Scattered rows as float32 (a mapping without read-ahead: see ``_random_access``)."""
         if self._mm is None or len(self._mm) != self._rows:
-            self._mm = np.memmap(self.path, dtype=np.float16, mode="r", shape=(self._rows, self.d))
+            self._mm = self._map()
             _random_access(self._mm)
-        return np.asarray(self._mm[rows], dtype=np.float32)
+        return self._decode(self._mm[rows])
+
+    def sequential(self) -> _StoreScan:
+        """All rows for an in-order scan (the kernel's read-ahead kept), decoded per slice."""
+        return _StoreScan(self, self._map())
+
+
+class _StoreScan:
+    """Read-only (rows, d) view of a store: slicing it decodes those rows to float32."""
+
+    def __init__(self, store: _VectorStore, mm: np.memmap) -> None:
+        self._store = store
+        self._mm = mm
+        self.shape = (len(mm), store.d)
+        self.ndim = 2
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        return self._store._decode(self._mm[key])
 
 
 def _random_access(mm: np.memmap) -> None:
@@ -181,7 +248,7 @@ def _random_access(mm: np.memmap) -> None:
 # --------------------------------------------------------------------------- index
 
 class PQIndex(_FaissIndex):
-    """IVF-PQ with optional on-disk lists and optional float16 re-ranking (see module doc)."""
+    """IVF-PQ with optional on-disk lists and optional re-ranking (see module doc)."""
 
     _type = "ivfpq"
 
@@ -277,7 +344,8 @@ class PQIndex(_FaissIndex):
             self._apply(int(nprobe))
         if rerank_depth is not None:
             if int(rerank_depth) < 0 or (int(rerank_depth) and self._store is None):
-                raise IndexError_(f"re-rank depth {rerank_depth} needs the float16 vector store")
+                raise IndexError_(f"re-rank depth {rerank_depth} needs the vector store "
+                                  "(an index built with re-ranking)")
             self._p = PQParams(**{**asdict(self._p), "rerank_depth": int(rerank_depth)})
 
     def _no_prefetch_threads(self) -> None:
@@ -301,10 +369,10 @@ class PQIndex(_FaissIndex):
         """Choose ``nprobe`` and the re-rank depth again for ``target_recall``, without
         rebuilding: the same measurement as at build time (leave-one-out recall@1 of ``queries``
         live rows drawn at random, against brute force over the live rows), read from the
-        index's own float16 vectors. Returns (nprobe, rerank depth, recall@1); the new
+        index's own stored vectors. Returns (nprobe, rerank depth, recall@1); the new
         parameters are kept and saved with the index."""
         if self._store is None:
-            raise IndexError_("re-tuning needs the float16 vector store (an index built with re-ranking)")
+            raise IndexError_("re-tuning needs the vector store (an index built with re-ranking)")
         if not 0.0 < float(target_recall) <= 1.0:
             raise IndexError_(f"target recall must be in (0, 1], got {target_recall}")
         live = self._rows >= 0
@@ -313,7 +381,7 @@ class PQIndex(_FaissIndex):
             raise IndexError_("re-tuning needs at least two faces in the index")
         self._store.flush()
         # a plain mapping (the kernel's read-ahead) for the sequential brute-force scan
-        vectors = np.memmap(self._store.path, dtype=np.float16, mode="r", shape=(self._n_rows, self.d))
+        vectors = self._store.sequential()
         rng = np.random.default_rng(seed)
         q_rows = np.sort(rng.choice(live_rows, size=min(int(queries), len(live_rows) - 1), replace=False))
         t = time.perf_counter()
@@ -505,10 +573,12 @@ class PQIndex(_FaissIndex):
             raise ValueError("row map length does not match the header")
         store = None
         if p.rerank:
-            spath = Path(p.storage + ".vec16")
+            if p.store_dtype not in _STORE_SUFFIX:
+                raise ValueError(f"unknown vector store type {p.store_dtype!r}")
+            spath = Path(p.storage + _STORE_SUFFIX[p.store_dtype])
             if not spath.exists():
                 raise ValueError(f"vector store {spath} is missing")
-            store = _VectorStore(spath, int(index.d))
+            store = _VectorStore(spath, int(index.d), p.store_dtype)
             if store.rows < len(rows):
                 raise ValueError(f"vector store {spath} holds {store.rows} rows, index needs {len(rows)}")
         return cls(index, rows, p, store)
@@ -516,41 +586,40 @@ class PQIndex(_FaissIndex):
     # ------------------------------------------------------------------ build
 
     @classmethod
-    def build(
+    def trained(
         cls,
-        vectors: np.ndarray,
-        ids: np.ndarray,
+        sample: np.ndarray,
+        n: int,
         *,
         storage: Path | None,
         target_recall: float = 0.99,
         on_disk: bool = False,
         rerank: bool = True,
+        store_dtype: str = "float16",
         nlist: int | None = None,
         m: int | None = None,
         fast_scan: bool | None = None,
-        train_per_list: int = 40,
-        tune_queries: int = 1000,
-        batch: int = 200_000,
         seed: int = 0,
-        progress: Progress | None = None,
     ) -> PQIndex:
-        """Train on a sample, add in batches, tune ``nprobe`` and the re-rank depth.
-
-        ``vectors`` may be an ``np.memmap`` (any float dtype, unit rows); it is read in
-        batches of ``batch`` rows, never converted whole. ``storage`` is the prefix of the
-        on-disk files (required with ``on_disk`` or ``rerank``); existing files there are
-        replaced. ``fast_scan`` (4-bit codes) defaults to lists in memory; it cannot be
-        combined with ``on_disk``.
-        """
-        if vectors.ndim != 2 or vectors.shape[1] < 1:
-            raise IndexError_(f"vectors must be a 2-D array (n, d), got shape {vectors.shape}")
-        n, d = int(vectors.shape[0]), int(vectors.shape[1])
-        iv = _as_ids(ids, n)
-        _check_unique(iv)
-        if n == 0:
+        """An empty index sized for ``n`` faces and trained on ``sample`` (unit rows drawn
+        like the gallery; ``train_sample_size`` says how many are useful). Add the gallery
+        with ``add_with_ids`` in batches and choose the search parameters with ``retune``:
+        for a gallery that is streamed in and never held as one array. ``build`` does the
+        same over an array. ``storage`` is the prefix of the on-disk files (required with
+        ``on_disk`` or ``rerank``); existing files there are replaced. ``store_dtype`` is
+        ``float16`` (2 x d bytes per face) or ``int8`` (d + 4). ``fast_scan`` (4-bit codes)
+        defaults to lists in memory; it cannot be combined with ``on_disk``."""
+        n = int(n)
+        if sample.ndim != 2 or sample.shape[1] < 1:
+            raise IndexError_(f"vectors must be a 2-D array (n, d), got shape {sample.shape}")
+        d = int(sample.shape[1])
+        if n < 1:
             raise IndexError_("cannot build a PQ index from zero vectors")
         if (on_disk or rerank) and storage is None:
             raise IndexError_("a PQ index with on-disk lists or re-ranking needs a storage path")
+        if store_dtype not in STORE_DTYPES:
+            raise IndexError_(f"unknown vector store type {store_dtype!r} "
+                              f"(expected one of {', '.join(STORE_DTYPES)})")
         fast = (not on_disk and pq_m(d, 4) > 0) if fast_scan is None else bool(fast_scan)
         if fast and on_disk:
             raise IndexError_("4-bit fast-scan codes cannot be kept in on-disk lists")
@@ -560,9 +629,8 @@ class PQIndex(_FaissIndex):
         if mm < 1 or d % mm or (fast and mm % 2):
             raise IndexError_(f"PQ sub-quantizers ({mm}) must divide the dimension ({d})"
                               + (" and be even for 4-bit codes" if fast else ""))
-        if n < 256 * 4:
-            raise IndexError_(f"a PQ index needs at least 1024 vectors to train, got {n}")
-        rng = np.random.default_rng(seed)
+        if min(n, len(sample)) < 256 * 4:
+            raise IndexError_(f"a PQ index needs at least 1024 vectors to train, got {min(n, len(sample))}")
         coarse = "hnsw" if nl >= _HNSW_MIN_NLIST else "flat"
         prefix = str(storage) if storage is not None else ""
 
@@ -585,13 +653,7 @@ class PQIndex(_FaissIndex):
         if coarse == "hnsw":
             quantizer.hnsw.efConstruction = 40
             quantizer.hnsw.efSearch = 64
-
-        t0 = time.perf_counter()
-        ntrain = min(n, max(nl * max(1, min(256, int(train_per_list))), 256 * 64))
-        perm = rng.permutation(n)
-        train_rows = np.sort(perm[:ntrain])
-        ivf.train(_as_vectors(vectors[train_rows], d))
-        t1 = time.perf_counter()
+        ivf.train(_as_vectors(sample, d))
 
         if on_disk:
             lists_path = prefix + ".ivfdata"
@@ -601,14 +663,65 @@ class PQIndex(_FaissIndex):
             od.this.disown()
         store = None
         if rerank:
-            spath = Path(prefix + ".vec16")
+            spath = Path(prefix + _STORE_SUFFIX[store_dtype])
             spath.unlink(missing_ok=True)
-            store = _VectorStore(spath, d)
-
+            store = _VectorStore(spath, d, store_dtype)
         p = PQParams(nlist=nl, m=mm, coarse=coarse, on_disk=on_disk, rerank=rerank, nprobe=1,
                      rerank_depth=0, trained_n=n, target_recall=float(target_recall),
-                     tuned_recall_at_1=0.0, storage=prefix, bits=bits)
-        out = cls(ivf, np.empty(0, dtype=np.int64), p, store)
+                     tuned_recall_at_1=0.0, storage=prefix, bits=bits, store_dtype=store_dtype)
+        return cls(ivf, np.empty(0, dtype=np.int64), p, store)
+
+    @staticmethod
+    def train_sample_size(n: int, nlist: int | None = None, train_per_list: int = 40) -> int:
+        """How many of ``n`` vectors ``build`` trains on (``train_per_list`` per list, at
+        least 16,384)."""
+        nl = pq_nlist(n) if nlist is None else int(nlist)
+        return int(min(n, max(nl * max(1, min(256, int(train_per_list))), 256 * 64)))
+
+    @classmethod
+    def build(
+        cls,
+        vectors: np.ndarray,
+        ids: np.ndarray,
+        *,
+        storage: Path | None,
+        target_recall: float = 0.99,
+        on_disk: bool = False,
+        rerank: bool = True,
+        store_dtype: str = "float16",
+        nlist: int | None = None,
+        m: int | None = None,
+        fast_scan: bool | None = None,
+        train_per_list: int = 40,
+        tune_queries: int = 1000,
+        batch: int = 200_000,
+        seed: int = 0,
+        progress: Progress | None = None,
+    ) -> PQIndex:
+        """Train on a sample, add in batches, tune ``nprobe`` and the re-rank depth.
+
+        ``vectors`` may be an ``np.memmap`` (any float dtype, unit rows); it is read in
+        batches of ``batch`` rows, never converted whole. The other arguments are those of
+        ``trained``.
+        """
+        if vectors.ndim != 2 or vectors.shape[1] < 1:
+            raise IndexError_(f"vectors must be a 2-D array (n, d), got shape {vectors.shape}")
+        n, d = int(vectors.shape[0]), int(vectors.shape[1])
+        iv = _as_ids(ids, n)
+        _check_unique(iv)
+        if n == 0:
+            raise IndexError_("cannot build a PQ index from zero vectors")
+        if n < 256 * 4:
+            raise IndexError_(f"a PQ index needs at least 1024 vectors to train, got {n}")
+        rng = np.random.default_rng(seed)
+        t0 = time.perf_counter()
+        ntrain = cls.train_sample_size(n, nlist, train_per_list)
+        perm = rng.permutation(n)
+        train_rows = np.sort(perm[:ntrain])
+        out = cls.trained(vectors[train_rows], n, storage=storage, target_recall=target_recall,
+                          on_disk=on_disk, rerank=rerank, store_dtype=store_dtype, nlist=nlist,
+                          m=m, fast_scan=fast_scan, seed=seed)
+        t1 = time.perf_counter()
         for s in range(0, n, batch):
             e = min(n, s + batch)
             out.add_with_ids(vectors[s:e], iv[s:e])
@@ -618,11 +731,12 @@ class PQIndex(_FaissIndex):
 
         nq = min(int(tune_queries), n - 1)
         held = perm[ntrain:ntrain + nq] if n - ntrain >= nq else perm[n - nq:]
-        # scattered rows from the float16 store when there is one: a memory-mapped input (the
+        store = out._store
+        # scattered rows from the store when there is one: a memory-mapped input (the
         # manager's streamed builds, the benchmark's data) would read ahead megabytes per row
         nprobe, depth, recall = _tune(out, vectors, np.sort(held), float(target_recall), batch,
                                       gather=store.get if store is not None else None)
-        out._p = PQParams(**{**asdict(p), "nprobe": nprobe, "rerank_depth": depth,
+        out._p = PQParams(**{**asdict(out._p), "nprobe": nprobe, "rerank_depth": depth,
                              "tuned_recall_at_1": recall})
         out._apply(nprobe)
         log.info("built %s over %d vectors: train %.1fs (%d vectors), add %.1fs, tune %.1fs "

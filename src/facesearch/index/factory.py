@@ -97,9 +97,11 @@ def build_index(
     ram_budget: int = RAM_BUDGET,
     storage: Path | None = None,
     progress: Progress | None = None,
+    rerank_store: str = "float16",
 ) -> VectorIndex:
     """The index ``choose_kind`` picks for ``len(ids)`` faces, built over ``vectors`` (an
-    array or ``np.memmap``) and tuned to ``target_recall`` recall@1."""
+    array or ``np.memmap``) and tuned to ``target_recall`` recall@1; an IVF-PQ index keeps
+    its re-ranking vectors as ``rerank_store`` (``float16`` or ``int8``)."""
     x = vectors if isinstance(vectors, np.ndarray) else np.asarray(vectors)
     if x.ndim != 2 or x.shape[1] != d:
         shape = x.shape if x.ndim != 2 else f"(n, {x.shape[1]})"
@@ -117,7 +119,8 @@ def build_index(
     if storage is None:
         raise IndexError_(f"a compressed index for {n} faces needs a storage folder for its vectors")
     return PQIndex.build(x, ids, storage=storage, target_recall=target_recall,
-                         on_disk=kind == "ivfpq-ondisk", rerank=True, seed=seed, progress=progress)
+                         on_disk=kind == "ivfpq-ondisk", rerank=True, store_dtype=rerank_store,
+                         seed=seed, progress=progress)
 
 
 def needs_rebuild(index: VectorIndex, exact_max: int, sq_max: int = SQ_MAX,
@@ -141,13 +144,14 @@ def maybe_upgrade(
     sq_max: int = SQ_MAX,
     ram_budget: int = RAM_BUDGET,
     storage: Path | None = None,
+    rerank_store: str = "float16",
 ) -> VectorIndex:
     """Return ``index`` unchanged, or a rebuilt index of the right kind for its size."""
     if not needs_rebuild(index, exact_max, sq_max, ram_budget):
         return index
     vectors, ids = all_vectors_fn()
     return build_index(vectors, ids, index.d, exact_max, target_recall, sq_max=sq_max,
-                       ram_budget=ram_budget, storage=storage)
+                       ram_budget=ram_budget, storage=storage, rerank_store=rerank_store)
 
 
 def milvus_from_settings(settings: Settings) -> MilvusIndexes | None:

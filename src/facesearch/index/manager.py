@@ -6,7 +6,7 @@ a deleted or corrupt file), the index is rebuilt from the stored embeddings.
 
 The kind of index follows the gallery's size (``factory.choose_kind``). A compressed
 (IVF-PQ) index also keeps files next to its header file, under a prefix unique to each build
-(``gallery-<id>-<model>.<token>.vec16`` / ``.ivfdata``), so a rebuild never overwrites the
+(``gallery-<id>-<model>.<token>.vec16`` or ``.vec8`` / ``.ivfdata``), so a rebuild never overwrites the
 files of the index still being served; the old build's files are deleted once the new one is
 saved. Galleries large enough for IVF-PQ are read from the database into a temporary float16
 file rather than into memory.
@@ -64,12 +64,14 @@ class IndexKey:
 
 class IndexManager:
     def __init__(self, index_dir: Path, exact_max: int, target_recall: float, *,
-                 sq_max: int = SQ_MAX, ram_budget: int = RAM_BUDGET) -> None:
+                 sq_max: int = SQ_MAX, ram_budget: int = RAM_BUDGET,
+                 rerank_store: str = "float16") -> None:
         self.dir = index_dir
         self.exact_max = exact_max
         self.target_recall = target_recall
         self.sq_max = sq_max
         self.ram_budget = ram_budget
+        self.rerank_store = rerank_store  # IVF-PQ re-ranking vectors: float16 or int8
         self._open: dict[IndexKey, VectorIndex] = {}
         self._max_id: dict[IndexKey, int] = {}
         self._stamp: dict[IndexKey, tuple[tuple[int, int, int], ...]] = {}  # files as last seen
@@ -198,7 +200,7 @@ class IndexManager:
             vecs.append(v)
         return build_index(np.concatenate(vecs), np.concatenate(ids), dim, self.exact_max,
                            self.target_recall, sq_max=self.sq_max, ram_budget=self.ram_budget,
-                           storage=storage)
+                           storage=storage, rerank_store=self.rerank_store)
 
     def _build_streamed(self, repo, key: IndexKey, dim: int, count: int,  # noqa: ANN001
                         storage: Path) -> VectorIndex:
@@ -222,7 +224,7 @@ class IndexManager:
 
             return build_index(mm[:n], ids[:n], dim, self.exact_max, self.target_recall,
                                sq_max=self.sq_max, ram_budget=self.ram_budget, storage=storage,
-                               progress=progress)
+                               progress=progress, rerank_store=self.rerank_store)
         finally:
             tmp.unlink(missing_ok=True)
 
@@ -230,7 +232,7 @@ class IndexManager:
         """Delete on-disk files of earlier builds of this gallery's index."""
         idx = self._open.get(key)
         keep = {p.name for p in idx.storage_files()} if isinstance(idx, PQIndex) else set()
-        own = re.compile(rf"{re.escape(key.stem)}\.[0-9a-f]{{12}}(\.vec16|\.ivfdata|\.build\.tmp)")
+        own = re.compile(rf"{re.escape(key.stem)}\.[0-9a-f]{{12}}(\.vec16|\.vec8|\.ivfdata|\.build\.tmp)")
         for p in self.dir.glob(f"{key.stem}.*"):
             if own.fullmatch(p.name) and p.name not in keep:
                 p.unlink(missing_ok=True)

@@ -79,7 +79,8 @@ class AppContext:
         # each gallery's index on faiss or Milvus (index/router.py); same calls as IndexManager
         self.indexes = IndexRouter(IndexManager(settings.index_dir, settings.exact_max, settings.ann_target_recall,
                                                 sq_max=settings.sq_max,
-                                                ram_budget=int(settings.index_ram_gib * 2**30)),
+                                                ram_budget=int(settings.index_ram_gib * 2**30),
+                                                rerank_store=settings.index_rerank_store),
                                    settings.index, milvus_from_settings(settings))
         self._pipelines: dict[str, FacePipeline] = {}
         self._lock = threading.Lock()
