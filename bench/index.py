@@ -9,6 +9,9 @@ synthetic face-like embeddings, from 10k to 100M faces.
                         # the kept pq8 index with its lists moved to disk, re-tuned for 0.95
     python bench/index.py --n 100M --index pq --keep --target-recall 0.95 --cold --search 128:32
                         # fast-scan lists in RAM; each point with the page cache dropped, then filled
+    python bench/index.py --n 100M --dim 512 --index pq --stream --store int8 --target-recall 0.95
+                        # no input file: faces re-created from seeds chunk by chunk (stream_data.py),
+                        # int8 re-ranking store (51 GB instead of 102 GB of float16)
     python bench/index.py --plot-only                            # redraw the plot from the JSON
 
 Data: unit vectors shaped like face embeddings: many identities (about 5 faces each, varying),
@@ -49,9 +52,10 @@ from typing import Any
 import faiss
 import numpy as np
 from common import machine
+from stream_data import TopK
 
 from facesearch.index.base import VectorIndex
-from facesearch.index.compressed import PQIndex
+from facesearch.index.compressed import STORE_DTYPES, PQIndex
 from facesearch.index.factory import choose_kind
 from facesearch.config import Settings
 from facesearch.index.faiss_backend import FlatIndex, IVFIndex, load_index, set_threads
@@ -129,17 +133,10 @@ def ground_truth(x: np.ndarray | None, ids: np.ndarray, q: np.ndarray, k: int, c
         return np.load(cache)
     if x is None:
         raise SystemExit(f"no cached ground truth at {cache} and no gallery vectors to compute it")
-    best_d = np.full((len(q), k), -np.inf, dtype=np.float32)
-    best_r = np.full((len(q), k), -1, dtype=np.int64)
+    top = TopK(q, k)
     for s in range(0, len(x), chunk):
-        c = np.ascontiguousarray(x[s:s + chunk], dtype=np.float32)
-        D, I = faiss.knn(q, c, min(k, len(c)), faiss.METRIC_INNER_PRODUCT)
-        allD = np.concatenate([best_d, D], axis=1)
-        allR = np.concatenate([best_r, I + s], axis=1)
-        top = np.argsort(-allD, axis=1, kind="stable")[:, :k]
-        best_d = np.take_along_axis(allD, top, axis=1)
-        best_r = np.take_along_axis(allR, top, axis=1)
-    out = ids[best_r]
+        top.update(np.ascontiguousarray(x[s:s + chunk], dtype=np.float32), s)
+    out = ids[top.row]
     np.save(cache, out)
     return out
 
@@ -267,6 +264,70 @@ def _moved_to_disk(data_dir: Path, d: int, n: int, work: Path) -> tuple[PQIndex,
     return idx, build_s
 
 
+def _measure_points(idx: VectorIndex, name: str, is_auto: bool, build_s: float, saved_bytes: int,
+                    n: int, d: int, q: np.ndarray, gt: np.ndarray, threads: int,
+                    latency_queries: int, search_points: list[tuple[int, int]] | None,
+                    retune: float | None, warm_files: bool, cold: bool,
+                    extra: str = "") -> list[dict[str, Any]]:
+    """Rows for one built index: its tuned point, then each ``--search`` point and the
+    ``--retune`` target, each once per page-cache pass (``saved_bytes``: the saved header
+    file; ``extra`` is appended to the params, e.g. the data generator)."""
+    rows: list[dict[str, Any]] = []
+    disk = saved_bytes
+    if isinstance(idx, PQIndex):
+        mem = idx.memory_bytes()
+        disk += idx.disk_bytes()
+        tgt = idx.params.target_recall
+        params = (f"{idx.kind}" + (f" target={tgt:g}" if tgt != DEFAULT_TARGET else "")
+                  + f" tuned_r@1={idx.tuned_recall:.3f}")
+    else:
+        mem = disk
+        params = idx.kind + (f" tuned_r@1={idx.tuned_recall:.3f}" if isinstance(idx, IVFIndex) else "")
+    is_pq = isinstance(idx, PQIndex)
+    if warm_files and not cold and is_pq:
+        _warm(idx, f"[n={n:,} d={d}] {name}")
+    # --cold: each point twice, first with the page cache dropped (every re-ranked row and
+    # on-disk list read from disk), then after reading the side files through the page
+    # cache (as much of them as the RAM left holds, the rest evicted in file order)
+    passes = ("cold", "read-through") if cold and is_pq else (
+        "read-through" if warm_files and is_pq else "as-left",)
+    # the tuned operating point, then any others asked for (--search NPROBE:RERANK and
+    # --retune TARGET, PQ only)
+    points: list[tuple[int, int] | float | None] = [None]
+    if is_pq:
+        points += list(search_points or []) + ([retune] if retune is not None else [])
+    for point in points:
+        label = name + (" (auto)" if is_auto else "")
+        if isinstance(point, tuple):
+            idx.set_search(nprobe=point[0], rerank_depth=point[1])
+            params = idx.kind
+            label = f"{name}@nprobe{point[0]},rerank{point[1]}"
+        elif isinstance(point, float):
+            t = time.perf_counter()
+            idx.retune(point)
+            params = f"{idx.kind} tuned_r@1={idx.tuned_recall:.3f} (re-tuned in {time.perf_counter() - t:.0f}s)"
+            label = f"{name}@target{point:g}"
+        for cache in passes:
+            row_label = label + (" cold" if cache == "cold" else "")
+            if cache == "cold":
+                _drop_page_cache()
+            elif cache == "read-through" and cold:  # --warm-files alone reads them once, above
+                _warm(idx, f"[n={n:,} d={d}] {name}")
+            m = measure(idx, q, gt, threads, latency_queries)
+            r = {"n": n, "dim": d, "index": row_label,
+                 "params": params + extra, "build_s": round(build_s, 2),
+                 "mem_bytes_per_face": round(mem / n, 1), "disk_bytes_per_face": round(disk / n, 1),
+                 **{k: round(v, 4) for k, v in m.items()},
+                 "peak_rss_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2),
+                 "cache": cache,
+                 "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
+            rows.append(r)
+            log(f"[n={n:,} d={d}] {row_label} {params}{extra}: build {build_s:.1f}s, {mem / n:.0f} B/face RAM, "
+                f"{disk / n:.0f} B/face disk, p50 {m['p50_ms']:.3f} ms, p99 {m['p99_ms']:.3f} ms, "
+                f"r@1 {m['recall_at_1']:.4f}, r@10 {m['recall_at_10']:.4f}")
+    return rows
+
+
 def bench_one(n: int, d: int, nq: int, seed: int, names: list[str], target: float, threads: int,
               data_dir: Path, latency_queries: int = 500, keep: bool = False,
               reuse: bool = False, search_points: list[tuple[int, int]] | None = None,
@@ -315,64 +376,114 @@ def bench_one(n: int, d: int, nq: int, seed: int, names: list[str], target: floa
             build_s = time.perf_counter() - t
             idx.save(work / "index.faiss")
             built.write_text(json.dumps({"build_s": build_s}))
-        disk = _file_bytes([work / "index.faiss"])
-        if isinstance(idx, PQIndex):
-            mem = idx.memory_bytes()
-            disk += idx.disk_bytes()
-            tgt = idx.params.target_recall
-            params = (f"{idx.kind}" + (f" target={tgt:g}" if tgt != DEFAULT_TARGET else "")
-                      + f" tuned_r@1={idx.tuned_recall:.3f}")
-        else:
-            mem = disk
-            params = idx.kind + (f" tuned_r@1={idx.tuned_recall:.3f}" if isinstance(idx, IVFIndex) else "")
-        is_pq = isinstance(idx, PQIndex)
-        if warm_files and not cold and is_pq:
-            _warm(idx, f"[n={n:,} d={d}] {name}")
-        # --cold: each point twice, first with the page cache dropped (every re-ranked row and
-        # on-disk list read from disk), then after reading the side files through the page
-        # cache (as much of them as the RAM left holds, the rest evicted in file order)
-        passes = ("cold", "read-through") if cold and is_pq else (
-            "read-through" if warm_files and is_pq else "as-left",)
-        # the tuned operating point, then any others asked for (--search NPROBE:RERANK and
-        # --retune TARGET, PQ only)
-        points: list[tuple[int, int] | float | None] = [None]
-        if is_pq:
-            points += list(search_points or []) + ([retune] if retune is not None else [])
-        for point in points:
-            label = name + (" (auto)" if name == auto else "")
-            if isinstance(point, tuple):
-                idx.set_search(nprobe=point[0], rerank_depth=point[1])
-                params = idx.kind
-                label = f"{name}@nprobe{point[0]},rerank{point[1]}"
-            elif isinstance(point, float):
-                t = time.perf_counter()
-                idx.retune(point)
-                params = f"{idx.kind} tuned_r@1={idx.tuned_recall:.3f} (re-tuned in {time.perf_counter() - t:.0f}s)"
-                label = f"{name}@target{point:g}"
-            for cache in passes:
-                row_label = label + (" cold" if cache == "cold" else "")
-                if cache == "cold":
-                    _drop_page_cache()
-                elif cache == "read-through" and cold:  # --warm-files alone reads them once, above
-                    _warm(idx, f"[n={n:,} d={d}] {name}")
-                m = measure(idx, q, gt, threads, latency_queries)
-                r = {"n": n, "dim": d, "index": row_label,
-                     "params": params, "build_s": round(build_s, 2),
-                     "mem_bytes_per_face": round(mem / n, 1), "disk_bytes_per_face": round(disk / n, 1),
-                     **{k: round(v, 4) for k, v in m.items()},
-                     "peak_rss_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2),
-                     "cache": cache,
-                     "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
-                rows.append(r)
-                log(f"[n={n:,} d={d}] {row_label} {params}: build {build_s:.1f}s, {mem / n:.0f} B/face RAM, "
-                    f"{disk / n:.0f} B/face disk, p50 {m['p50_ms']:.3f} ms, p99 {m['p99_ms']:.3f} ms, "
-                    f"r@1 {m['recall_at_1']:.4f}, r@10 {m['recall_at_10']:.4f}")
+        rows += _measure_points(idx, name, name == auto, build_s, _file_bytes([work / "index.faiss"]),
+                                n, d, q, gt, threads, latency_queries, search_points, retune,
+                                warm_files, cold)
         del idx
         gc.collect()
         if not keep and not reused:  # an index kept by an earlier run stays
             shutil.rmtree(work, ignore_errors=True)
             for p in moved:
                 p.unlink(missing_ok=True)
+    return rows
+
+
+def bench_stream(n: int, d: int, nq: int, seed: int, names: list[str], stores: list[str],
+                 target: float, threads: int, data_dir: Path, latency_queries: int = 500,
+                 search_points: list[tuple[int, int]] | None = None, retune: float | None = None,
+                 warm_files: bool = False, cold: bool = False) -> list[dict[str, Any]]:
+    """``--stream``: faces re-created chunk by chunk from seeds (``stream_data.py``), never
+    written; one pass adds each chunk to every index (``PQIndex.trained``, then
+    ``add_with_ids``) and merges it into the exact ground truth; each index is then tuned
+    with ``retune`` on its own store. PQ kinds only; one index per kind and store type."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from stream_data import StreamData
+    from tqdm import tqdm
+
+    if any(nm not in ("pq", "pq8", "pq-ondisk") for nm in names):
+        raise SystemExit("--stream builds PQ indexes only (--index pq, pq8 or pq-ondisk)")
+    set_threads(threads)
+    data = StreamData(n, d, seed)
+    auto = {"ivfpq": "pq", "ivfpq-ondisk": "pq-ondisk"}.get(choose_kind(n, d, exact_max=50_000))
+    t = time.perf_counter()
+    q_path = data_dir / f"stream-{d}d-{n}-s{seed}.q{nq}.npy"
+    if q_path.exists():
+        q = np.load(q_path)
+    else:
+        q = data.queries(nq)
+        data_dir.mkdir(parents=True, exist_ok=True)
+        np.save(q_path, q)
+    ids = data.ids()
+    log(f"[n={n:,} d={d}] streamed data: {nq} queries and ids ready ({time.perf_counter() - t:.1f}s)")
+
+    # training sample: the first chunks (their identities are drawn like every other chunk's)
+    ntrain = PQIndex.train_sample_size(n)
+    t = time.perf_counter()
+    sample = np.concatenate([data.vectors(c) for c in range(-(-ntrain // data.chunk))])[:ntrain]
+    gen_s = time.perf_counter() - t
+    builds: list[tuple[str, str, Path, PQIndex, dict[str, float]]] = []
+    for name in names:
+        for store in stores:
+            # "pq stream", "pq-int8 stream": never merged with the file-based rows of the same N
+            label = (name if store == "float16" else f"{name}-{store}") + " stream"
+            work = data_dir / f"work-stream-{d}d-{n}-{label.split()[0]}"
+            shutil.rmtree(work, ignore_errors=True)
+            work.mkdir(parents=True)
+            t = time.perf_counter()
+            idx = PQIndex.trained(sample, n, storage=work / "g", target_recall=target,
+                                  on_disk=name == "pq-ondisk", store_dtype=store, seed=seed,
+                                  fast_scan=False if name == "pq8" else None)
+            tm = {"train_s": time.perf_counter() - t, "add_s": 0.0}
+            log(f"[n={n:,} d={d}] {label}: trained on {ntrain:,} vectors in {tm['train_s']:.0f}s")
+            builds.append((name, label, work, idx, tm))
+    del sample
+    gc.collect()
+
+    gt = TopK(q, K)
+    gt_s = 0.0
+    bar = tqdm(total=n, unit="face", unit_scale=True, desc="stream", file=sys.stderr, mininterval=10)
+    # the next chunk is generated in a thread while this one is added (numpy's generators
+    # release the GIL); the add times below therefore include that contention
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        nxt = pool.submit(data.vectors, 0)
+        for c in range(data.chunks):
+            tw = time.perf_counter()
+            x = nxt.result()
+            gen_s += time.perf_counter() - tw  # only the time spent waiting for it
+            if c + 1 < data.chunks:
+                nxt = pool.submit(data.vectors, c + 1)
+            s0 = c * data.chunk
+            t = time.perf_counter()
+            gt.update(x, s0)
+            gt_s += time.perf_counter() - t
+            for _, _, _, idx, tm in builds:
+                t = time.perf_counter()
+                idx.add_with_ids(x, ids[s0:s0 + len(x)])
+                tm["add_s"] += time.perf_counter() - t
+            bar.update(len(x))
+    bar.close()
+    truth = ids[gt.row]
+    log(f"[n={n:,} d={d}] stream pass: waited {gen_s:.0f}s for generated chunks, exact ground "
+        f"truth {gt_s:.0f}s, " + ", ".join(f"{lb} add {tm['add_s']:.0f}s" for _, lb, _, _, tm in builds))
+
+    rows: list[dict[str, Any]] = []
+    for name, label, work, idx, tm in builds:
+        t = time.perf_counter()
+        idx.retune(target)
+        tm["tune_s"] = time.perf_counter() - t
+        build_s = tm["train_s"] + tm["add_s"] + tm["tune_s"]
+        log(f"[n={n:,} d={d}] {label}: tuned to {idx.kind} (r@1 {idx.tuned_recall:.3f}) in "
+            f"{tm['tune_s']:.0f}s; build {build_s:.0f}s")
+        idx.save(work / "index.faiss")
+        (work / "build.json").write_text(json.dumps({**tm, "build_s": build_s}))
+        rows += _measure_points(idx, label, name == auto, build_s, _file_bytes([work / "index.faiss"]),
+                                n, d, q, truth, threads, latency_queries, search_points, retune,
+                                warm_files, cold, extra=f" store={idx.params.store_dtype} data=stream")
+        del idx
+        gc.collect()
+        shutil.rmtree(work, ignore_errors=True)
+    builds.clear()
     return rows
 
 
@@ -518,6 +629,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cold", action="store_true",
                     help="measure each PQ point twice: after dropping the page cache (root), then "
                     "after reading the side files through it (rows 'NAME cold' and 'NAME')")
+    ap.add_argument("--stream", action="store_true",
+                    help="PQ only: re-create the faces chunk by chunk from seeds instead of a float16 "
+                    "file (bench/stream_data.py), adding each chunk and merging it into the ground "
+                    "truth in one pass; for galleries whose vectors do not fit the disk")
+    ap.add_argument("--store", action="append", choices=list(STORE_DTYPES), default=None,
+                    help="with --stream: re-ranking store type (repeatable: one index per type, fed "
+                    "the same chunks; rows 'NAME stream', 'NAME-int8 stream'; default float16)")
     ap.add_argument("--plot-only", action="store_true")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="  %(name)s: %(message)s")
@@ -528,11 +646,18 @@ def main(argv: list[str] | None = None) -> int:
         names = args.index or ["auto"]
         rows: list[dict[str, Any]] = []
         for n in args.n:
-            rows += bench_one(n, args.dim, args.queries, args.seed, names, args.target_recall,
-                              args.threads, args.data_dir, args.latency_queries,
-                              keep=args.keep, reuse=args.reuse, move_lists=args.move_lists,
-                              retune=args.retune, warm_files=args.warm_files, cold=args.cold,
-                              search_points=[tuple(int(v) for v in sp.split(":")) for sp in args.search or []])
+            if args.stream:
+                rows += bench_stream(n, args.dim, args.queries, args.seed, names, args.store or ["float16"],
+                                     args.target_recall, args.threads, args.data_dir,
+                                     args.latency_queries, retune=args.retune,
+                                     warm_files=args.warm_files, cold=args.cold,
+                                     search_points=[tuple(int(v) for v in sp.split(":")) for sp in args.search or []])
+            else:
+                rows += bench_one(n, args.dim, args.queries, args.seed, names, args.target_recall,
+                                  args.threads, args.data_dir, args.latency_queries,
+                                  keep=args.keep, reuse=args.reuse, move_lists=args.move_lists,
+                                  retune=args.retune, warm_files=args.warm_files, cold=args.cold,
+                                  search_points=[tuple(int(v) for v in sp.split(":")) for sp in args.search or []])
             jpath = args.out / f"index-{args.dim}.json"
             merged = merge_rows(jpath, rows)
             jpath.write_text(json.dumps([{k: r.get(k) for k in KEYS} for r in merged], indent=1) + "\n")
