@@ -477,7 +477,9 @@ def bench_stream(n: int, d: int, nq: int, seed: int, names: list[str], stores: l
             f"{tm['tune_s']:.0f}s; build {build_s:.0f}s")
         idx.save(work / "index.faiss")
         (work / "build.json").write_text(json.dumps({**tm, "build_s": build_s}))
-        rows += _measure_points(idx, label, name == auto, build_s, _file_bytes([work / "index.faiss"]),
+        # "(auto)": the kind choose_kind picks, with the default (float16) store
+        rows += _measure_points(idx, label, name == auto and idx.params.store_dtype == "float16", build_s,
+                                _file_bytes([work / "index.faiss"]),
                                 n, d, q, truth, threads, latency_queries, search_points, retune,
                                 warm_files, cold, extra=f" store={idx.params.store_dtype} data=stream")
         del idx
@@ -514,14 +516,18 @@ def write_markdown(path: Path, rows: list[dict[str, Any]], d: int, args: argpars
     md = [
         f"# Index benchmark, {d}-d",
         "",
-        f"- machine: {machine()}; rows from several runs, some while other jobs or other "
+        f"- machine of the latest run: {machine()} (the rows of earlier runs: an AMD EPYC, 2 cores, "
+        "24 GiB, see index-notes.md); rows from several runs, some while other jobs or other "
         "benchmark runs shared the 2 cores (each row's date is in index-<d>.json, the load of each "
         "run in index-notes.md): compare timings within one N, not across dates",
         f"- python {platform.python_version()}, faiss {faiss.__version__}, numpy {np.__version__}",
         "- command: `python bench/index.py --n <N> --dim <d> --index <...>` (100M: `--keep`, "
         "then `--reuse` to measure the kept index again)",
         f"- data: synthetic clustered unit vectors (~5 faces per identity), {args.queries} queries "
-        "= fresh noisy samples of enrolled identities; k=10; vectors generated in chunks to a float16 file",
+        "= fresh noisy samples of enrolled identities; k=10; vectors generated in chunks to a float16 file; "
+        "rows named `... stream` (`--stream`, `data=stream` in params): faces re-created chunk by chunk "
+        "from seeds, never written (bench/stream_data.py: each chunk's faces from its own identities), "
+        "tuned with `retune` on the index's own store; `store=int8`: the int8 re-ranking store",
         "- indexes: `flat` exact; `ivf` IVF fp16 codes; `pq` IVF-PQ with float16 re-ranking from "
         "a memory-mapped file, 4-bit fast-scan codes (`x4fs` in params) in memory; `pq8` the same "
         "with 8-bit codes (rows measured before fast-scan existed are `pq8` too); `pq-ondisk` "
