@@ -66,7 +66,9 @@ class Settings(BaseSettings):
     sq_max: int = 2_000_000
     index_ram_gib: float = 4.0
     # IVF-PQ re-ranking store on disk: float16 (2 x d bytes per face) or int8 with a per-row
-    # scale (d + 4 bytes: half the disk, for a 512-d gallery of 100M faces on a 100 GB disk)
+    # scale (d + 4 bytes: half the disk, for a 512-d gallery of 100M faces on a 100 GB disk; its
+    # rounding costs about 0.02 recall@1, so raise ann_target_recall with it). Used by new
+    # builds; an existing index keeps the store it was built with until it is rebuilt
     index_rerank_store: Literal["float16", "int8"] = "float16"
 
     # ingest
