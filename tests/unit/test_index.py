@@ -587,7 +587,8 @@ def _rewrite_header_params(path: Path, edit) -> None:  # noqa: ANN001 - edit(par
     hlen, _ = _PREFIX.unpack(raw[len(_MAGIC):start])
     header = json.loads(raw[start:start + hlen])
     edit(header["params"])
-    _atomic_write(path, header, np.frombuffer(raw, dtype=np.uint8, offset=start + hlen))
+    payload = raw[start + hlen:]
+    _atomic_write(path, header, lambda out: out(payload))
 
 
 def test_8bit_index_saved_before_fast_scan_still_loads(pq_data, tmp_path: Path):

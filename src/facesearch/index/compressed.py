@@ -65,7 +65,14 @@ import faiss
 import numpy as np
 
 from facesearch.errors import IndexError_
-from facesearch.index.faiss_backend import _FaissIndex, _as_ids, _as_vectors, _check_unique
+from facesearch.index.faiss_backend import (
+    _CHUNK,
+    _FaissIndex,
+    _as_ids,
+    _as_vectors,
+    _check_unique,
+    _read_exact,
+)
 
 log = logging.getLogger(__name__)
 
@@ -549,20 +556,52 @@ class PQIndex(_FaissIndex):
         p["n_rows"] = self._n_rows
         return p
 
-    def _payload(self) -> np.ndarray:
+    def _write_payload(self, out: Callable[[bytes], None]) -> None:
+        """The faiss index's length (int64), the faiss index, then the row map, streamed:
+        the faiss part is written twice, once only to count its bytes, so that no copy of
+        the lists (7 GB at 100M 512-d) is ever held in memory."""
         if self._store is not None:
             self._store.flush()
-        fi = faiss.serialize_index(self._ivf)
-        rows = np.ascontiguousarray(self._rows, dtype="<i8").view(np.uint8)
-        return np.concatenate([np.frombuffer(np.int64(len(fi)).tobytes(), dtype=np.uint8), fi, rows])
+        counted = [0]
+
+        def count(b: bytes) -> None:
+            counted[0] += len(b)
+
+        faiss.write_index(self._ivf, faiss.PyCallbackIOWriter(count, _CHUNK))
+        out(np.int64(counted[0]).astype("<i8").tobytes())
+        written = [0]
+
+        def forward(b: bytes) -> None:
+            written[0] += len(b)
+            out(b)
+
+        faiss.write_index(self._ivf, faiss.PyCallbackIOWriter(forward, _CHUNK))
+        if written[0] != counted[0]:
+            raise IndexError_("the index changed while it was being saved")
+        rows = np.ascontiguousarray(self._rows, dtype="<i8")
+        for s0 in range(0, len(rows), _CHUNK // 8):
+            out(rows[s0:s0 + _CHUNK // 8].tobytes())
 
     @classmethod
     def _read_payload(cls, f: BinaryIO, nbytes: int, params: dict[str, Any]) -> PQIndex:
-        raw = f.read(nbytes)
-        flen = int(np.frombuffer(raw[:8], dtype="<i8")[0])
-        fi = np.frombuffer(raw, dtype=np.uint8, count=flen, offset=8)
-        rows = np.frombuffer(raw, dtype="<i8", offset=8 + flen).astype(np.int64)
-        index = faiss.deserialize_index(fi)
+        flen = int(np.frombuffer(_read_exact(f, 8), dtype="<i8")[0])
+        nrow_bytes = nbytes - 8 - flen
+        if flen < 0 or nrow_bytes < 0 or nrow_bytes % 8:
+            raise ValueError(f"payload layout is inconsistent (faiss part {flen} of {nbytes} bytes)")
+        left = [flen]
+
+        def read(n: int) -> bytes:  # faiss reads exactly what it needs; never past its part
+            b = f.read(min(int(n), left[0]))
+            left[0] -= len(b)
+            return b
+
+        index = faiss.read_index(faiss.PyCallbackIOReader(read, _CHUNK))
+        if left[0]:
+            raise ValueError(f"faiss part is {left[0]} bytes longer than the index it holds")
+        rows = np.empty(nrow_bytes // 8, dtype="<i8")
+        if f.readinto(memoryview(rows).cast("B")) != nrow_bytes:
+            raise ValueError("row map is truncated")
+        rows = rows.astype(np.int64, copy=False)
         # headers written before fast-scan existed have no "bits": they are 8-bit
         fields = {k: params[k] for k in PQParams.__dataclass_fields__ if k in params}
         p = PQParams(**fields)

@@ -41,6 +41,7 @@ import time
 import uuid
 import zlib
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any, BinaryIO, ClassVar
 
 import faiss
@@ -192,9 +193,10 @@ class _FaissIndex:
     def _params(self) -> dict[str, Any]:
         return {}
 
-    def _payload(self) -> np.ndarray:
-        """The bytes saved after the header (uint8 array)."""
-        return faiss.serialize_index(self._index)
+    def _write_payload(self, out: Callable[[bytes], None]) -> None:
+        """Stream the bytes saved after the header into ``out``, piece by piece: no copy of
+        the whole index is made in memory (at 100M faces one copy is gigabytes)."""
+        faiss.write_index(self._index, faiss.PyCallbackIOWriter(out, _CHUNK))
 
     @classmethod
     def _read_payload(cls, f: BinaryIO, nbytes: int, params: dict[str, Any]) -> _FaissIndex:
@@ -204,19 +206,17 @@ class _FaissIndex:
         return cls._from_faiss(index, params)
 
     def save(self, path: Path) -> None:
-        path = Path(path)
-        payload = self._payload()  # uint8 array
+        """Write the index to ``path`` atomically (a temporary file renamed over it); the
+        payload is streamed, so saving needs no memory beyond the index itself."""
         header = {
             "format": _FORMAT,
             "type": self._type,
             "d": self.d,
             "ntotal": self.ntotal,
             "params": self._params(),
-            "payload_bytes": int(payload.nbytes),
-            "payload_crc32": zlib.crc32(payload),
             "faiss_version": faiss.__version__,
         }
-        _atomic_write(path, header, payload)
+        _atomic_write(Path(path), header, self._write_payload)
 
     @classmethod
     def _from_faiss(cls, index: faiss.Index, params: dict[str, Any]) -> _FaissIndex:
@@ -466,15 +466,40 @@ def _fsync_dir(folder: Path) -> None:
             os.close(fd)
 
 
-def _atomic_write(path: Path, header: dict[str, Any], payload: np.ndarray) -> None:
-    hb = json.dumps(header, sort_keys=True).encode("utf-8")
+class _PayloadSink:
+    """Writes the payload to the file while counting its bytes and checksumming them."""
+
+    def __init__(self, f: BinaryIO) -> None:
+        self._f = f
+        self.nbytes = 0
+        self.crc = 0
+
+    def write(self, b: bytes) -> None:
+        self._f.write(b)
+        self.nbytes += len(b)
+        self.crc = zlib.crc32(b, self.crc)
+
+
+def _atomic_write(path: Path, header: dict[str, Any],
+                  write_payload: Callable[[Callable[[bytes], None]], None]) -> None:
+    """Header, then the payload streamed by ``write_payload``, into a temporary file renamed
+    over ``path``. The payload's length and CRC-32 are known only once it is written, so room
+    for the header is kept first and the header written into it afterwards, padded with
+    spaces (JSON whitespace) to the length reserved for the largest values."""
+    widest = {**header, "payload_bytes": 2**63 - 1, "payload_crc32": 2**32 - 1}
+    room = len(json.dumps(widest, sort_keys=True).encode("utf-8"))
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
     try:
         with open(tmp, "wb") as f:
             f.write(_MAGIC)
+            f.write(bytes(_PREFIX.size + room))
+            sink = _PayloadSink(f)
+            write_payload(sink.write)
+            full = {**header, "payload_bytes": sink.nbytes, "payload_crc32": sink.crc}
+            hb = json.dumps(full, sort_keys=True).encode("utf-8").ljust(room, b" ")
+            f.seek(len(_MAGIC))
             f.write(_PREFIX.pack(len(hb), zlib.crc32(hb)))
             f.write(hb)
-            f.write(memoryview(payload))
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
