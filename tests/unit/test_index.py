@@ -800,3 +800,98 @@ def test_manager_builds_with_the_int8_store_setting(pq_data, tmp_path: Path):
     assert len([n for n in os.listdir(tmp_path) if n.endswith(".vec8")]) == 1  # the old build's went
     m.drop(key)
     assert not list(tmp_path.iterdir())
+
+
+# ----------------------------------------------------------------------------- streamed save
+
+def _legacy_pq_file(idx: PQIndex, path: Path) -> None:
+    """The file the writer before streaming produced: one payload array (faiss part's length,
+    ``serialize_index`` bytes, row map) after an unpadded header."""
+    import json
+    import zlib
+
+    from facesearch.index.faiss_backend import _FORMAT, _MAGIC, _PREFIX
+
+    fi = faiss.serialize_index(idx._ivf)
+    rows = np.ascontiguousarray(idx._rows, dtype="<i8").view(np.uint8)
+    payload = np.concatenate([np.frombuffer(np.int64(len(fi)).tobytes(), dtype=np.uint8), fi, rows])
+    header = {"format": _FORMAT, "type": idx._type, "d": idx.d, "ntotal": idx.ntotal,
+              "params": idx._params(), "payload_bytes": int(payload.nbytes),
+              "payload_crc32": zlib.crc32(payload), "faiss_version": faiss.__version__}
+    hb = json.dumps(header, sort_keys=True).encode()
+    path.write_bytes(_MAGIC + _PREFIX.pack(len(hb), zlib.crc32(hb)) + hb + payload.tobytes())
+
+
+def test_pq_save_streams_pieces_and_matches_the_old_layout(pq_built, pq_data, tmp_path: Path):
+    """The payload reaches the file in pieces of at most 8 MiB (no whole copy in memory), and
+    the bytes are those the one-array writer produced: old files load, new files are the same."""
+    from facesearch.index.faiss_backend import _CHUNK
+
+    _, _, q = pq_data
+    pieces: list[int] = []
+    chunks: list[bytes] = []
+
+    def out(b: bytes) -> None:
+        pieces.append(len(b))
+        chunks.append(bytes(b))
+
+    pq_built._write_payload(out)
+    assert len(pieces) > 3 and max(pieces) <= _CHUNK
+    legacy = tmp_path / "legacy.faiss"
+    _legacy_pq_file(pq_built, legacy)
+    new = tmp_path / "new.faiss"
+    pq_built.save(new)
+    assert legacy.read_bytes().endswith(b"".join(chunks))
+    assert new.read_bytes().endswith(b"".join(chunks))
+    for p in (legacy, new):
+        back = load_index(p)
+        assert isinstance(back, PQIndex) and back.params == pq_built.params
+        np.testing.assert_array_equal(back.search(q, 10)[1], pq_built.search(q, 10)[1])
+
+
+def test_crash_while_streaming_the_payload_keeps_old_file(pq_built, tmp_path: Path, monkeypatch):
+    p = tmp_path / "g.faiss"
+    pq_built.save(p)
+    before = p.read_bytes()
+    calls = [0]
+    real = faiss.PyCallbackIOWriter
+
+    def failing_writer(callback, bs):  # faiss' own signature
+        def cb(b: bytes) -> None:
+            calls[0] += 1
+            if calls[0] > 5:
+                raise OSError("disk full")
+            callback(b)
+        return real(cb, bs)
+
+    monkeypatch.setattr(faiss, "PyCallbackIOWriter", failing_writer)
+    with pytest.raises((IndexError_, RuntimeError, OSError)):
+        pq_built.save(p)
+    monkeypatch.undo()
+    assert p.read_bytes() == before
+    assert [f.name for f in tmp_path.iterdir()] == ["g.faiss"]
+    assert load_index(p).ntotal == pq_built.ntotal
+
+
+def test_pq_file_with_a_bad_faiss_length_is_refused(pq_built, tmp_path: Path):
+    """The faiss part's length inside a checksummed payload is checked, not trusted."""
+    import json
+    import zlib
+
+    from facesearch.index.faiss_backend import _MAGIC, _PREFIX
+
+    p = tmp_path / "g.faiss"
+    pq_built.save(p)
+    raw = p.read_bytes()
+    start = len(_MAGIC) + _PREFIX.size
+    hlen, _ = _PREFIX.unpack(raw[len(_MAGIC):start])
+    header = json.loads(raw[start:start + hlen])
+    payload = bytearray(raw[start + hlen:])
+    flen = int(np.frombuffer(bytes(payload[:8]), dtype="<i8")[0])
+    for bad in (flen + 8, flen - 8, 1 << 40):
+        payload[:8] = np.int64(bad).astype("<i8").tobytes()
+        header["payload_crc32"] = zlib.crc32(payload)
+        hb = json.dumps(header, sort_keys=True).encode()
+        p.write_bytes(_MAGIC + _PREFIX.pack(len(hb), zlib.crc32(hb)) + hb + bytes(payload))
+        with pytest.raises(IndexError_, match="unusable"):
+            load_index(p)

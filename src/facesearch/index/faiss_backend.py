@@ -40,8 +40,8 @@ import struct
 import time
 import uuid
 import zlib
-from pathlib import Path
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, BinaryIO, ClassVar
 
 import faiss
