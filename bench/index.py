@@ -452,8 +452,8 @@ def bench_stream(n: int, d: int, nq: int, seed: int, names: list[str], stores: l
 
     # the exact truth is cached beside the queries: a rerun of the same N skips its pass
     gt_path = data_dir / f"stream-{d}d-{n}-s{seed}.q{nq}.gt{K}.npy"
-    cached_truth = np.load(gt_path) if gt_path.exists() else None
-    gt = TopK(q, K)
+    cached = gt_path.exists()
+    gt = None if cached else TopK(q, K)
     gt_s = wait_s = 0.0
     bar = tqdm(total=n, unit="face", unit_scale=True, desc="stream", file=sys.stderr, mininterval=10)
     # the next chunk is generated in a thread while this one is added (numpy's generators
@@ -467,7 +467,7 @@ def bench_stream(n: int, d: int, nq: int, seed: int, names: list[str], stores: l
             if c + 1 < data.chunks:
                 nxt = pool.submit(data.vectors, c + 1)
             s0 = c * data.chunk
-            if cached_truth is None:
+            if gt is not None:
                 t = time.perf_counter()
                 gt.update(x, s0)
                 gt_s += time.perf_counter() - t
@@ -477,14 +477,14 @@ def bench_stream(n: int, d: int, nq: int, seed: int, names: list[str], stores: l
                 tm["add_s"] += time.perf_counter() - t
             bar.update(len(x))
     bar.close()
-    if cached_truth is None:
+    if gt is None:
+        truth = np.load(gt_path)
+    else:
         truth = ids[gt.row]
         np.save(gt_path, truth)
-    else:
-        truth = cached_truth
-    del gt, cached_truth
+        del gt
     log(f"[n={n:,} d={d}] stream pass: waited {wait_s:.0f}s for generated chunks, exact ground "
-        f"truth {gt_s:.0f}s{' (cached)' if gt_s == 0 else ''}, "
+        f"truth {'cached' if cached else f'{gt_s:.0f}s'}, "
         + ", ".join(f"{lb} add {tm['add_s']:.0f}s" for _, lb, _, _, tm in builds) + f"; {_anon()}")
 
     rows: list[dict[str, Any]] = []
