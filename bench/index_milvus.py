@@ -19,6 +19,7 @@ Rows go to ``bench/results/index-milvus.json`` and the table ``index-milvus.md``
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime as dt
 import json
 import sys
@@ -64,9 +65,10 @@ def wait_settled(m: MilvusIndexes, collection: str, quiet_s: float = 120, timeou
     """Wait until Milvus has stopped compacting: the query node's loaded segments keep the same ids
     and all carry the vector index for ``quiet_s`` seconds. Latency measured while compaction and
     re-indexing run in the background is the machine's, not the index's (on 2 shared cores)."""
-    from pymilvus import utility
+    from pymilvus import connections, utility
 
-    alias = getattr(m.client, "_using", "default")
+    alias = "bench-settle"  # an ORM connection of our own: the segment listing is not on MilvusClient
+    connections.connect(alias=alias, uri=m.config.uri, token=m.config.token or "")
     t = time.perf_counter()
     last: tuple | None = None
     since = time.perf_counter()
@@ -81,27 +83,22 @@ def wait_settled(m: MilvusIndexes, collection: str, quiet_s: float = 120, timeou
         elif time.perf_counter() - since >= quiet_s:
             break
         time.sleep(5)
+    connections.disconnect(alias)
     return time.perf_counter() - t
 
 
-def measure(idx: MilvusIndex, q: np.ndarray, gt: np.ndarray, consistency: str, latency_queries: int) -> dict:
-    import facesearch.index.milvus_backend as mb
-
-    saved = mb.CONSISTENCY
-    mb.CONSISTENCY = consistency  # the benchmark compares levels; the application uses Strong
-    try:
-        for i in range(10):
-            idx.search(q[i:i + 1], K)
-        lat = np.empty(min(latency_queries, len(q)))
-        for i in range(len(lat)):
-            t = time.perf_counter()
-            idx.search(q[i:i + 1], K)
-            lat[i] = time.perf_counter() - t
+def measure(idx: MilvusIndex, q: np.ndarray, gt: np.ndarray, latency_queries: int) -> dict:
+    """Latency, batch throughput and recall of ``idx`` with its owner's current search settings."""
+    for i in range(10):
+        idx.search(q[i:i + 1], K)
+    lat = np.empty(min(latency_queries, len(q)))
+    for i in range(len(lat)):
         t = time.perf_counter()
-        _, I = idx.search(q, K)
-        qps = len(q) / (time.perf_counter() - t)
-    finally:
-        mb.CONSISTENCY = saved
+        idx.search(q[i:i + 1], K)
+        lat[i] = time.perf_counter() - t
+    t = time.perf_counter()
+    _, I = idx.search(q, K)
+    qps = len(q) / (time.perf_counter() - t)
     r1 = float(np.mean(I[:, 0] == gt[:, 0]))
     r10 = float(np.mean([len(np.intersect1d(a, b)) / K for a, b in zip(I, gt)]))
     return {"p50_ms": round(float(np.percentile(lat, 50) * 1e3), 2),
@@ -138,9 +135,9 @@ def bench_one(uri: str, n: int, d: int, nq: int, index_type: str, efs: list[int]
     else:  # IVF_*: nprobe (nlist 1024 per segment)
         sweeps = [(f"nprobe={p}", "nprobe", p) for p in nprobes or [m.config.nprobe]]
     for label, setting, value in sweeps:
-        object.__setattr__(m.config, setting, value)
-        for consistency in ("Strong", "Bounded"):
-            r = measure(idx, q, gt, consistency, latency_queries)
+        for consistency in ("Strong", "Bounded"):  # the application uses Strong; Bounded for comparison
+            m.config = dataclasses.replace(m.config, **{setting: value}, consistency=consistency)
+            r = measure(idx, q, gt, latency_queries)
             row = {"n": n, "dim": d, "index": index_type, "search": label, "consistency": consistency,
                    "tick_ms": tick_ms,
                    "insert_rate": round(n / insert_s), "index_s": round(index_s, 1), **r, "date": date,

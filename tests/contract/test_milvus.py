@@ -108,6 +108,22 @@ def test_milvus_lite_and_unreachable_servers_are_refused_clearly(tmp_path: Path)
         MilvusIndexes(MilvusConfig(uri=str(tmp_path / "milvus.db")))
     with pytest.raises(IndexError_, match="unknown Milvus index type"):
         MilvusConfig(uri="http://127.0.0.1:1", index_type="SCANN")
+    with pytest.raises(IndexError_, match="unknown Milvus consistency level"):
+        MilvusConfig(uri="http://127.0.0.1:1", consistency="Eventual")
+
+
+def test_the_installation_reads_strongly_consistent(milvus_uri: str, tmp_path: Path) -> None:
+    """The erase guarantee rests on Strong reads: the connection built from settings uses them,
+    and its indexes say so in their kind."""
+    from facesearch.config import Settings
+    from facesearch.index.factory import milvus_from_settings
+
+    m = milvus_from_settings(Settings(home=tmp_path, milvus_uri=milvus_uri, milvus_collection_prefix="strong"))
+    assert m is not None and m.config.consistency == "Strong"
+    assert MilvusConfig(uri=milvus_uri).consistency == "Strong"
+    idx = m.index("m", D, gallery_id=next(_galleries), agency_id=1)
+    assert idx.kind.endswith(",strong"), idx.kind
+    m.close()
 
 
 def test_the_token_stays_out_of_logs() -> None:

@@ -70,7 +70,7 @@ log = logging.getLogger(__name__)
 __all__ = ["MilvusConfig", "MilvusIndex", "MilvusIndexes", "milvus_available", "INDEX_TYPES"]
 
 INDEX_TYPES = ("HNSW", "IVF_FLAT", "IVF_SQ8", "IVF_PQ", "FLAT")
-CONSISTENCY = "Strong"
+CONSISTENCY_LEVELS = ("Strong", "Bounded", "Session", "Eventually")
 _BATCH = 5_000  # rows per insert request (well under Milvus' 64 MiB gRPC message limit at d=512)
 _IN_BATCH = 10_000  # ids per "id in [...]" expression
 
@@ -98,10 +98,17 @@ class MilvusConfig:
     nlist: int = 1024
     nprobe: int = 32
     num_partitions: int = 64
+    # Read consistency of searches, counts and id queries. Strong is what erasure needs (a face
+    # erased is never returned once the erase call returns); ``milvus_from_settings`` never sets
+    # anything else. The benchmark builds configs with other levels to compare their latency.
+    consistency: str = "Strong"
 
     def __post_init__(self) -> None:
         if self.index_type not in INDEX_TYPES:
             raise IndexError_(f"unknown Milvus index type {self.index_type!r}; expected one of {INDEX_TYPES}")
+        if self.consistency not in CONSISTENCY_LEVELS:
+            raise IndexError_(f"unknown Milvus consistency level {self.consistency!r}; "
+                              f"expected one of {CONSISTENCY_LEVELS}")
 
     @property
     def is_lite(self) -> bool:
@@ -109,7 +116,8 @@ class MilvusConfig:
         return not self.uri.startswith(("http://", "https://", "tcp://", "unix:"))
 
     def __repr__(self) -> str:  # keep the token out of logs and tracebacks
-        return f"MilvusConfig(uri={self.uri!r}, prefix={self.prefix!r}, index_type={self.index_type!r})"
+        return (f"MilvusConfig(uri={self.uri!r}, prefix={self.prefix!r}, index_type={self.index_type!r}, "
+                f"consistency={self.consistency!r})")
 
 
 def _vectors(x: Any, d: int, what: str = "vectors") -> np.ndarray:
@@ -222,7 +230,7 @@ class MilvusIndexes:
                     ip = cl.prepare_index_params()
                     ip.add_index(field_name="vector", index_type=itype, metric_type="IP", params=iparams)
                     cl.create_collection(name, schema=schema, index_params=ip,
-                                         consistency_level=CONSISTENCY)
+                                         consistency_level=self.config.consistency)
                     log.info("created Milvus collection %s (d=%d, %s %s, partition key gallery)",
                              name, d, itype, iparams)
                 else:
@@ -289,18 +297,22 @@ class MilvusIndex:
         return self._owner.client
 
     @property
+    def _consistency(self) -> str:
+        return self._owner.config.consistency
+
+    @property
     def d(self) -> int:
         return self._d
 
     @property
     def kind(self) -> str:
-        return f"milvus:{self._owner.index_type},{CONSISTENCY.lower()}"
+        return f"milvus:{self._owner.index_type},{self._consistency.lower()}"
 
     @property
     def ntotal(self) -> int:
         try:
             res = self._client.query(self.collection, filter=self._filter, output_fields=["count(*)"],
-                                     consistency_level=CONSISTENCY)
+                                     consistency_level=self._consistency)
         except Exception as e:  # noqa: BLE001
             raise IndexError_(f"Milvus count on {self.collection}: {type(e).__name__}: {e}") from None
         return int(res[0]["count(*)"]) if res else 0
@@ -346,7 +358,7 @@ class MilvusIndex:
             res = self._client.search(self.collection, data=[r for r in q], limit=min(k, 16384),
                                       filter=self._filter, output_fields=[],
                                       search_params=self._owner.search_params(k),
-                                      consistency_level=CONSISTENCY)
+                                      consistency_level=self._consistency)
         except Exception as e:  # noqa: BLE001
             raise IndexError_(f"Milvus search in {self.collection}: {type(e).__name__}: {e}") from None
         for row, hits in enumerate(res):
@@ -362,7 +374,7 @@ class MilvusIndex:
         for part in _chunks(iv, _IN_BATCH):
             expr = f"id in [{','.join(map(str, part.tolist()))}] and {self._filter}"
             rows = self._client.query(self.collection, filter=expr, output_fields=["id"],
-                                      consistency_level=CONSISTENCY)
+                                      consistency_level=self._consistency)
             found += [int(r["id"]) for r in rows]
         return np.asarray(sorted(found), dtype=np.int64)
 
@@ -372,7 +384,7 @@ class MilvusIndex:
         last = -1
         while True:
             rows = self._client.query(self.collection, filter=f"{self._filter} and id > {last}",
-                                      output_fields=["id"], limit=batch, consistency_level=CONSISTENCY)
+                                      output_fields=["id"], limit=batch, consistency_level=self._consistency)
             if not rows:
                 break
             part = np.sort(np.fromiter((int(r["id"]) for r in rows), dtype=np.int64, count=len(rows)))
