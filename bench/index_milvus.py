@@ -70,20 +70,22 @@ def wait_settled(m: MilvusIndexes, collection: str, quiet_s: float = 120, timeou
     alias = "bench-settle"  # an ORM connection of our own: the segment listing is not on MilvusClient
     connections.connect(alias=alias, uri=m.config.uri, token=m.config.token or "")
     t = time.perf_counter()
-    last: tuple | None = None
-    since = time.perf_counter()
-    while time.perf_counter() - t < timeout_s:
-        segs = utility.get_query_segment_info(collection, using=alias)
-        state = tuple(sorted((s.segmentID, s.num_rows, bool(s.index_name)) for s in segs))
-        if state != last:
-            log(f"  segments loaded: {len(state)}, indexed: {sum(i for _, _, i in state)}, "
-                f"rows: {sum(r for _, r, _ in state):,} ({time.perf_counter() - t:.0f}s)")
-        if state != last or not state or not all(indexed for _, _, indexed in state):
-            last, since = state, time.perf_counter()
-        elif time.perf_counter() - since >= quiet_s:
-            break
-        time.sleep(5)
-    connections.disconnect(alias)
+    try:
+        last: tuple | None = None
+        since = time.perf_counter()
+        while time.perf_counter() - t < timeout_s:
+            segs = utility.get_query_segment_info(collection, using=alias)
+            state = tuple(sorted((s.segmentID, s.num_rows, bool(s.index_name)) for s in segs))
+            if state != last:
+                log(f"  segments loaded: {len(state)}, indexed: {sum(i for _, _, i in state)}, "
+                    f"rows: {sum(r for _, r, _ in state):,} ({time.perf_counter() - t:.0f}s)")
+            if state != last or not state or not all(indexed for _, _, indexed in state):
+                last, since = state, time.perf_counter()
+            elif time.perf_counter() - since >= quiet_s:
+                break
+            time.sleep(5)
+    finally:
+        connections.disconnect(alias)
     return time.perf_counter() - t
 
 
