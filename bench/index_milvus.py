@@ -61,10 +61,12 @@ def wait_indexed(m: MilvusIndexes, collection: str, n: int, timeout_s: float = 3
     return time.perf_counter() - t
 
 
-def wait_settled(m: MilvusIndexes, collection: str, quiet_s: float = 120, timeout_s: float = 3600) -> float:
+def wait_settled(m: MilvusIndexes, collection: str, quiet_s: float = 120,
+                 timeout_s: float = 3600) -> tuple[float, bool]:
     """Wait until Milvus has stopped compacting: the query node's loaded segments keep the same ids
     and all carry the vector index for ``quiet_s`` seconds. Latency measured while compaction and
-    re-indexing run in the background is the machine's, not the index's (on 2 shared cores)."""
+    re-indexing run in the background is the machine's, not the index's (on 2 shared cores).
+    Returns the seconds waited and whether it settled (False: ``timeout_s`` ran out first)."""
     from pymilvus import connections, utility
 
     alias = "bench-settle"  # an ORM connection of our own: the segment listing is not on MilvusClient
@@ -82,11 +84,11 @@ def wait_settled(m: MilvusIndexes, collection: str, quiet_s: float = 120, timeou
             if state != last or not state or not all(indexed for _, _, indexed in state):
                 last, since = state, time.perf_counter()
             elif time.perf_counter() - since >= quiet_s:
-                break
+                return time.perf_counter() - t, True
             time.sleep(5)
     finally:
         connections.disconnect(alias)
-    return time.perf_counter() - t
+    return time.perf_counter() - t, False
 
 
 def measure(idx: MilvusIndex, q: np.ndarray, gt: np.ndarray, latency_queries: int) -> dict:
@@ -127,9 +129,10 @@ def bench_one(uri: str, n: int, d: int, nq: int, index_type: str, efs: list[int]
     index_s = wait_indexed(m, idx.collection, n)
     assert idx.ntotal == n, (idx.ntotal, n)
     log(f"[{index_type} n={n:,}] insert {insert_s:.1f}s ({n / insert_s:,.0f}/s), seal+index {index_s:.1f}s")
-    settle_s = wait_settled(m, idx.collection) if settle else None
+    settle_s, settled = wait_settled(m, idx.collection) if settle else (None, True)
     if settle_s is not None:
-        log(f"[{index_type} n={n:,}] compaction settled after {settle_s:.0f}s more")
+        log(f"[{index_type} n={n:,}] compaction " + (f"settled after {settle_s:.0f}s more" if settled else
+            f"still running after {settle_s:.0f}s: measuring anyway, the row says so"))
     rows = []
     date = dt.date.today().isoformat()
     if index_type == "HNSW":
@@ -144,6 +147,7 @@ def bench_one(uri: str, n: int, d: int, nq: int, index_type: str, efs: list[int]
                    "tick_ms": tick_ms,
                    "insert_rate": round(n / insert_s), "index_s": round(index_s, 1), **r, "date": date,
                    **({"settle_s": round(settle_s, 1)} if settle_s is not None else {}),
+                   **({} if settled else {"settle_timed_out": True}),
                    "machine": machine()}
             log("  " + json.dumps(row))
             rows.append(row)
@@ -160,7 +164,7 @@ def fmt_table(rows: list[dict[str, Any]]) -> list[str]:
         out.append(f"| {r['n']:,} | {r['dim']} | {r['index']} | {r['search']} | {r['consistency']} | "
                    f"{r.get('tick_ms') or 'server default (200)'} | "
                    f"{r['insert_rate']:,} | {r['index_s'] if r['index_s'] is not None else 'n/a (see below)'} | {r['p50_ms']} | {r['p99_ms']} | {r['batch_qps']} | "
-                   f"{r['recall_at_1']:.4f} | {r['recall_at_10']:.4f} | {r.get('settle_s', '-')} | {r['date']} |")
+                   f"{r['recall_at_1']:.4f} | {r['recall_at_10']:.4f} | {r.get('settle_s', '-')}{' (timed out)' if r.get('settle_timed_out') else ''} | {r['date']} |")
     return out
 
 

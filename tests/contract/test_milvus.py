@@ -119,11 +119,13 @@ def test_the_installation_reads_strongly_consistent(milvus_uri: str, tmp_path: P
     from facesearch.index.factory import milvus_from_settings
 
     m = milvus_from_settings(Settings(home=tmp_path, milvus_uri=milvus_uri, milvus_collection_prefix="strong"))
-    assert m is not None and m.config.consistency == "Strong"
-    assert MilvusConfig(uri=milvus_uri).consistency == "Strong"
-    idx = m.index("m", D, gallery_id=next(_galleries), agency_id=1)
-    assert idx.kind.endswith(",strong"), idx.kind
-    m.close()
+    assert m is not None
+    try:
+        assert m.config.consistency == "Strong"
+        idx = m.index("m", D, gallery_id=next(_galleries), agency_id=1)
+        assert idx.kind.endswith(",strong"), idx.kind
+    finally:
+        m.close()
 
 
 def test_the_token_stays_out_of_logs() -> None:
