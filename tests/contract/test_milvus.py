@@ -120,6 +120,7 @@ def test_the_installation_reads_strongly_consistent(milvus_uri: str, tmp_path: P
 
     m = milvus_from_settings(Settings(home=tmp_path, milvus_uri=milvus_uri, milvus_collection_prefix="strong"))
     assert m is not None
+    assert MilvusConfig(uri=milvus_uri).consistency == "Strong"  # the dataclass default, too
     try:
         assert m.config.consistency == "Strong"
         idx = m.index("m", D, gallery_id=next(_galleries), agency_id=1)
